@@ -1,0 +1,68 @@
+"""One settings object for the whole project (pydantic-settings, ``DRYWALL_`` env prefix).
+
+Every tunable lives here so that flows, tasks and the CLI read the same values and an operator
+can override any of them from the environment (``DRYWALL_MASK_WORKERS=4``) or a ``.env`` file.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Project configuration; see README "Configuration" for the full list."""
+
+    model_config = SettingsConfigDict(env_prefix="DRYWALL_", env_file=".env", extra="ignore")
+
+    # State
+    home: Path = Field(default=Path(".drywall"), description="Root of everything written by default.")
+    sample_data: Path = Field(
+        default=Path("../shared/data"), description="Real Roboflow exports used by tests/benchmarks."
+    )
+    datasets_file: Path | None = Field(
+        default=None, description="YAML dataset registry; the packaged datasets.yaml when unset."
+    )
+
+    # Roboflow
+    roboflow_api_key: SecretStr | None = Field(default=None, description="Falls back to ROBOFLOW_API_KEY.")
+    roboflow_api_url: str | None = Field(
+        default=None, description="Roboflow API base URL (region or on-prem); the SDK default when unset."
+    )
+    pull_retries: int = Field(default=4, ge=0, description="Retries of a transient HTTP failure.")
+    pull_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles each time.")
+
+    # Validation
+    bbox_tolerance_px: float = Field(default=2.0, ge=0, description="Slack for boxes/polygons at the border.")
+    max_empty_image_share: float = Field(
+        default=0.05, ge=0, le=1, description="Largest share of images without annotations."
+    )
+    max_bbox_only_share_strong: float = Field(
+        default=0.05, ge=0, le=1, description="Largest share of bbox-only annotations in a polygon dataset."
+    )
+    max_image_pixels: int = Field(default=64_000_000, description="Refuse images larger than this.")
+
+    # Masks and splits
+    mask_workers: int = Field(default=0, ge=0, description="Processes for mask rendering; 0 = all cores.")
+    split_seed: int = Field(default=42)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+
+    @property
+    def registry_root(self) -> Path:
+        return self.home / "registry"
+
+    def roboflow_key(self) -> str | None:
+        """The Roboflow API key from DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY (never logged)."""
+        if self.roboflow_api_key is not None:
+            return self.roboflow_api_key.get_secret_value()
+        return os.environ.get("ROBOFLOW_API_KEY") or None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; call ``get_settings.cache_clear()`` after changing the environment."""
+    return Settings()

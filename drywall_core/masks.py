@@ -1,0 +1,160 @@
+"""Render one binary mask per image: the union of all its annotations, through pycocotools.
+
+Polygons and RLE go through ``frPyObjects``; box-only annotations through pycocotools' bbox
+conversion (a weak label: the box is the mask). All RLEs of an image are merged before a single
+``decode``, images are rendered in parallel processes, outputs are written under a temporary
+name and renamed, and a manifest of input fingerprints makes re-runs skip unchanged images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from drywall_core.exports import Export
+from drywall_core.fsutil import atomic_open, atomic_write_text
+
+MANIFEST = ".masks-manifest.json"
+RENDERER_VERSION = "1"  # bump when rasterisation changes, to invalidate every cached mask
+
+
+@dataclass(frozen=True)
+class MaskJob:
+    """Everything needed to render one mask (picklable, so it can cross process boundaries)."""
+
+    out: str
+    width: int
+    height: int
+    annotations: tuple[Any, ...]  # (segmentation, bbox) pairs
+    fingerprint: str
+
+
+def to_rles(segmentation: Any, bbox: Any, h: int, w: int) -> list[dict]:
+    """RLEs for one annotation: polygons, RLE (compressed or not) or a box when there is no shape."""
+    from pycocotools import mask as mu
+
+    if isinstance(segmentation, dict):
+        if isinstance(segmentation.get("counts"), list):
+            return [mu.frPyObjects(segmentation, h, w)]
+        return [segmentation]
+    rings = [r for r in (segmentation or []) if isinstance(r, list) and len(r) >= 6 and len(r) % 2 == 0]
+    if rings:
+        return mu.frPyObjects(rings, h, w)
+    if not segmentation and isinstance(bbox, list | tuple) and len(bbox) == 4:
+        return mu.frPyObjects(np.asarray([bbox], dtype=np.float64), h, w)
+    return []
+
+
+def render(width: int, height: int, annotations: Iterable[tuple[Any, Any]]) -> np.ndarray:
+    """Union mask (H, W) uint8 in {0, 255}."""
+    from pycocotools import mask as mu
+
+    rles = [r for seg, box in annotations for r in to_rles(seg, box, height, width)]
+    if not rles:
+        return np.zeros((height, width), dtype=np.uint8)
+    merged = mu.merge(rles, intersect=False) if len(rles) > 1 else rles[0]
+    return mu.decode(merged).astype(np.uint8) * 255
+
+
+def save_png_atomic(arr: np.ndarray, path: Path) -> None:
+    """Write a PNG under a temporary name in the same folder, then rename (never half a file)."""
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(arr, mode="L").save(f, format="PNG", compress_level=1)
+
+
+def _render_chunk(jobs: list[MaskJob]) -> list[str]:
+    for job in jobs:
+        save_png_atomic(render(job.width, job.height, job.annotations), Path(job.out))
+    return [j.out for j in jobs]
+
+
+def _fingerprint(img: dict, anns: list[tuple[Any, Any]]) -> str:
+    payload = json.dumps([RENDERER_VERSION, img.get("width"), img.get("height"), anns], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def plan_jobs(export: Export, out_dir: Path) -> list[MaskJob]:
+    """One job per image of every split; output ``out_dir/<split>/<image stem>.png``."""
+    jobs = []
+    for split in export.splits.values():
+        by_image: dict[Any, list[tuple[Any, Any]]] = {}
+        for a in split.annotations:
+            by_image.setdefault(a.get("image_id"), []).append((a.get("segmentation"), a.get("bbox")))
+        for img in split.images:
+            anns = by_image.get(img["id"], [])
+            out = out_dir / split.name / f"{Path(img['file_name']).stem}.png"
+            jobs.append(
+                MaskJob(str(out), int(img["width"]), int(img["height"]), tuple(anns), _fingerprint(img, anns))
+            )
+    return jobs
+
+
+@dataclass
+class MaskStats:
+    rendered: int
+    skipped: int
+    removed: int
+    out_dir: Path
+
+
+def _load_manifest(out_dir: Path) -> dict[str, str]:
+    try:
+        return json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_manifest(out_dir: Path, manifest: dict[str, str]) -> None:
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, sort_keys=True))
+
+
+def render_masks(
+    export: Export, out_dir: Path, workers: int = 0, chunk: int = 32, progress: bool = True
+) -> MaskStats:
+    """Render every image's mask under ``out_dir``; unchanged ones are skipped, stale ones removed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _load_manifest(out_dir)
+    jobs = plan_jobs(export, out_dir)
+    rel = {j.out: os.path.relpath(j.out, out_dir) for j in jobs}
+    todo = [j for j in jobs if manifest.get(rel[j.out]) != j.fingerprint or not Path(j.out).is_file()]
+
+    wanted = set(rel.values())
+    removed = 0
+    for stale in [k for k in manifest if k not in wanted]:
+        (out_dir / stale).unlink(missing_ok=True)
+        manifest.pop(stale)
+        removed += 1
+
+    workers = workers or os.cpu_count() or 1
+    chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+    fp = {j.out: j.fingerprint for j in todo}
+    bar = tqdm(total=len(todo), desc="masks", unit="img", disable=not progress or not todo)
+    try:
+        if workers == 1 or len(chunks) <= 1:
+            for c in chunks:
+                _done(manifest, rel, fp, _render_chunk(c), bar)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for fut in as_completed([pool.submit(_render_chunk, c) for c in chunks]):
+                    _done(manifest, rel, fp, fut.result(), bar)
+    finally:
+        bar.close()
+        _write_manifest(out_dir, manifest)  # record what finished, even on failure
+    return MaskStats(len(todo), len(jobs) - len(todo), removed, out_dir)
+
+
+def _done(manifest: dict, rel: dict, fp: dict, outs: list[str], bar: tqdm) -> None:
+    for o in outs:
+        manifest[rel[o]] = fp[o]
+    bar.update(len(outs))

@@ -1,0 +1,130 @@
+"""Roboflow source: download a dataset version in COCO format through the real ``roboflow`` SDK.
+
+The download lands in a temporary folder beside the target, is verified (every annotation file
+parses, every referenced image exists), gets a lineage record, and only then is renamed into
+place: a failed or interrupted pull leaves the target absent (or as it was).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+from drywall_core.errors import DrywallError, InputError
+from drywall_core.exports import missing_images, open_export
+from drywall_core.sources.atomic import check_target, staged_dir
+from drywall_core.sources.local import write_lineage
+
+log = logging.getLogger(__name__)
+
+
+class PullError(DrywallError):
+    """The Roboflow download failed (after retries) or its content did not verify."""
+
+    exit_code = 1
+
+
+class _Redacting(io.TextIOBase):
+    """A text stream that forwards to ``target`` with the API key masked."""
+
+    def __init__(self, target: io.TextIOBase, secret: str) -> None:
+        self._target, self._secret = target, secret
+
+    def write(self, s: str) -> int:
+        self._target.write(redact(s, self._secret))
+        return len(s)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+
+def redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Network faults, truncated zips and 5xx/429 answers are worth another try."""
+    import requests
+
+    if isinstance(exc, requests.RequestException | zipfile.BadZipFile | EOFError | ConnectionError):
+        return True
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    text = str(exc).lower()
+    return "unzipping" in text or "incomplete" in text or "connection" in text
+
+
+def _download(workspace: str, project: str, version: int, dest: Path, api_key: str) -> None:
+    """One SDK download attempt into ``dest`` (SDK chatter to stderr, key masked)."""
+    import roboflow
+
+    with contextlib.redirect_stdout(_Redacting(sys.stderr, api_key)):
+        rf = roboflow.Roboflow(api_key=api_key)
+        ver = rf.workspace(workspace).project(project).version(version)
+        ver.download("coco", location=str(dest), overwrite=True)
+
+
+def _verify(dest: Path) -> None:
+    export = open_export(dest)
+    missing = missing_images(export)
+    if missing:
+        shown = ", ".join(missing[:3])
+        raise PullError(f"{dest}: download incomplete: {len(missing)} referenced images missing ({shown})")
+
+
+def pull_roboflow(
+    workspace: str,
+    project: str,
+    version: int,
+    out: Path,
+    api_key: str | None,
+    *,
+    retries: int = 4,
+    backoff_s: float = 1.0,
+    overwrite: bool = False,
+    api_url: str | None = None,
+) -> dict:
+    """Download ``workspace/project/version`` as COCO into ``out``; returns the lineage record."""
+    if not api_key:
+        raise InputError("no Roboflow API key: set DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY")
+    if api_url:  # the SDK reads API_URL once, at import
+        if "roboflow" in sys.modules and os.environ.get("API_URL") != api_url:
+            log.warning("roboflow already imported; API_URL override %s ignored", api_url)
+        os.environ["API_URL"] = api_url
+    out = Path(out)
+    check_target(out, overwrite)
+    with staged_dir(out, "pull") as tmp:
+        dest = tmp / "export"
+        for attempt in range(retries + 1):
+            try:
+                _download(workspace, project, version, dest, api_key)
+                break
+            except Exception as exc:  # noqa: BLE001 - classify, retry or re-raise with a clean message
+                msg = redact(f"{type(exc).__name__}: {exc}", api_key)
+                shutil.rmtree(dest, ignore_errors=True)
+                if attempt < retries and _is_transient(exc):
+                    delay = backoff_s * 2**attempt
+                    log.warning("pull attempt %d failed (%s); retrying in %.1fs", attempt + 1, msg, delay)
+                    time.sleep(delay)
+                    continue
+                raise PullError(
+                    f"roboflow {workspace}/{project}/{version}: download failed after "
+                    f"{attempt + 1} attempt(s): {msg}"
+                ) from None
+        _verify(dest)
+        lineage = write_lineage(
+            dest,
+            {"source": "roboflow", "workspace": workspace, "project": project, "version": int(version)},
+        )
+        for item in dest.iterdir():
+            os.replace(item, tmp / item.name)
+        dest.rmdir()
+    return lineage
