@@ -35,7 +35,9 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(PY) bench/masks.py
+	$(PY) -m bench.masks
+	$(PY) -m bench.train_epoch
+	$(PY) -m bench.predict
 
 clean:
 	rm -rf .drywall .pytest_cache .ruff_cache

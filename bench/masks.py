@@ -5,7 +5,7 @@ naive: pycocotools' COCO API, one ``annToMask`` per annotation OR-ed into the im
 ours:  ``drywall_core.masks.render_masks``: RLEs merged before one decode, fast PNG level,
        all cores, atomic writes.
 
-Usage: python bench/masks.py [--data DIR] [--repeat N]   (DIR defaults to DRYWALL_SAMPLE_DATA)
+Usage: python -m bench.masks [--data DIR] [--repeat N]   (DIR defaults to DRYWALL_SAMPLE_DATA)
 """
 
 from __future__ import annotations
@@ -57,9 +57,7 @@ def ours(export_root: Path, out: Path) -> int:
 
 
 def main() -> None:
-    default = Path(
-        os.environ.get("DRYWALL_SAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-    )
+    default = Path(os.environ.get("DRYWALL_SAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=default)
     ap.add_argument("--repeat", type=int, default=3)
@@ -95,9 +93,7 @@ def main() -> None:
     for col in ("method", "seconds", "images/s", "vs naive"):
         table.add_column(col, justify="right")
     for name in ("naive", "ours"):
-        table.add_row(
-            name, f"{best[name]:.2f}", f"{n_images / best[name]:.0f}", f"{best['naive'] / best[name]:.2f}x"
-        )
+        table.add_row(name, f"{best[name]:.2f}", f"{n_images / best[name]:.0f}", f"{best['naive'] / best[name]:.2f}x")
     table.add_row(
         "ours, unchanged re-run",
         f"{incremental:.3f}",

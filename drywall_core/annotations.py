@@ -152,9 +152,7 @@ def split_frame(split: Split, max_pixels: int = 64_000_000, workers: int = 4) ->
             row = {**base, **_annotation_row(ann, img, cat_names)}
             rows.append({**row, **image_cols} if j == 0 else row)
     for ann in orphans:
-        rows.append(
-            {"image_id": ann.get("image_id"), "file_name": None, **_annotation_row(ann, None, cat_names)}
-        )
+        rows.append({"image_id": ann.get("image_id"), "file_name": None, **_annotation_row(ann, None, cat_names)})
 
     df = pd.DataFrame(rows)
     for col in COLUMNS:

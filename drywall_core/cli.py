@@ -6,6 +6,7 @@ Errors go to stderr, one line per problem, never a bare traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 
 from drywall_core.config import get_settings
-from drywall_core.errors import CheckFailed, DrywallError
+from drywall_core.errors import CheckFailed, DrywallError, InputError
 
 app = typer.Typer(
     add_completion=False,
@@ -28,9 +29,7 @@ def _err(line: str) -> None:
     typer.echo(line, err=True)
 
 
-ExportArg = Annotated[
-    Path, typer.Argument(help="Roboflow COCO export folder (<split>/_annotations.coco.json).")
-]
+ExportArg = Annotated[Path, typer.Argument(help="Roboflow COCO export folder (<split>/_annotations.coco.json).")]
 DatasetOpt = Annotated[
     str | None, typer.Option("--dataset", help="Dataset registry entry; guessed from the export if unset.")
 ]
@@ -69,9 +68,7 @@ def _count(lineage: dict) -> int:
 @app.command()
 def validate(
     export: ExportArg,
-    report: Annotated[
-        Path | None, typer.Option(help="Write a JSON report here (Data Docs beside it).")
-    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a JSON report here (Data Docs beside it).")] = None,
     dataset: DatasetOpt = None,
 ) -> None:
     """Validate annotations with the Great Expectations suite; exit 1 when any check fails."""
@@ -93,8 +90,7 @@ def validate(
             _err(line)
         raise CheckFailed(f"{export}: validation failed ({len(result.lines())} failed expectations)")
     typer.echo(
-        f"valid: {export} (dataset '{spec.name}', {len(result.splits)} splits, {n_img} images, "
-        f"{n_ann} annotations)"
+        f"valid: {export} (dataset '{spec.name}', {len(result.splits)} splits, {n_img} images, {n_ann} annotations)"
     )
 
 
@@ -110,9 +106,7 @@ def masks(
 
     n = get_settings().mask_workers if workers is None else workers
     stats = render_masks(open_export(export), out, workers=n)
-    typer.echo(
-        f"masks: {stats.rendered} rendered, {stats.skipped} unchanged, {stats.removed} removed -> {out}"
-    )
+    typer.echo(f"masks: {stats.rendered} rendered, {stats.skipped} unchanged, {stats.removed} removed -> {out}")
 
 
 @app.command()
@@ -159,9 +153,138 @@ def datasets() -> None:
     from drywall_core.datasets import load_registry
 
     for spec in load_registry(get_settings().datasets_file).datasets.values():
-        typer.echo(
-            f"{spec.name}: '{spec.prompt}' ({spec.label_strength}); synonyms: {', '.join(spec.synonyms)}"
-        )
+        typer.echo(f"{spec.name}: '{spec.prompt}' ({spec.label_strength}); synonyms: {', '.join(spec.synonyms)}")
+
+
+model_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("init-tiny")
+def model_init_tiny(
+    out: Annotated[Path, typer.Argument(help="Folder to write (save_pretrained layout).")],
+    seed: int = 0,
+) -> None:
+    """Write a tiny random CLIPSeg (small config, real small vocabulary) loadable like the real one."""
+    from drywall_core.model import init_tiny
+
+    init_tiny(out, seed=seed)
+    typer.echo(f"tiny CLIPSeg written to {out}")
+
+
+@model_app.command("info")
+def model_info(model: Annotated[str, typer.Argument(help="Model id, folder or fine-tuned artifact.")]) -> None:
+    """Show a model's base, revision, sizes and (for artifacts) its recorded metrics."""
+    from drywall_core.model import load_model
+
+    loaded = load_model(model)
+    total = sum(p.numel() for p in loaded.model.parameters())
+    dec = sum(p.numel() for p in loaded.model.decoder.parameters())
+    typer.echo(f"base: {loaded.base_id} (revision {loaded.revision})")
+    typer.echo(f"parameters: {total:,} total, {dec:,} decoder; input {loaded.image_size}px")
+    if loaded.manifest.get("metrics"):
+        typer.echo(f"metrics: {json.dumps(loaded.manifest['metrics']['per_prompt'])}")
+
+
+ExportsOpt = Annotated[list[Path], typer.Option("--export", help="Roboflow COCO export (repeatable).")]
+DatasetsOpt = Annotated[
+    list[str] | None, typer.Option("--dataset", help="Dataset of each --export, in order (default: guessed).")
+]
+
+
+def _samples(exports: list[Path], datasets: list[str] | None):
+    from drywall_core.samples import collect_samples
+
+    if datasets and len(datasets) != len(exports):
+        raise InputError(f"--dataset given {len(datasets)} times for {len(exports)} --export folders")
+    return collect_samples(exports, get_settings(), datasets)
+
+
+@app.command()
+def train(
+    export: ExportsOpt,
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint, metrics.jsonl, curve, model/, eval/.")],
+    model: Annotated[str | None, typer.Option(help="Base model id or folder (default: settings).")] = None,
+    dataset: DatasetsOpt = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    patience: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+) -> None:
+    """Fine-tune the CLIPSeg decoder on the frozen-activation cache, evaluate it, write the artifact."""
+    from drywall_core.evaluate import evaluate as run_eval
+    from drywall_core.evaluate import write_reports
+    from drywall_core.model import load_model
+    from drywall_core.train import train as run_train
+    from drywall_core.train import write_artifact
+
+    s = get_settings()
+    overrides = {
+        k: v
+        for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, flip=flip).items()
+        if v is not None
+    }
+    cfg = s.train.model_copy(update=overrides)
+    samples, specs = _samples(export, dataset)
+    loaded = load_model(model or s.base_model)
+    result = run_train(loaded, samples, specs, cfg, out, s.cache_root, resume=resume)
+    val = [x for x in samples if x.side == "val"]
+    metrics = run_eval(loaded, val, specs)
+    write_reports(loaded, val, specs, metrics, out / "eval")
+    write_artifact(loaded, out / "model", result.summary, metrics)
+    typer.echo(
+        f"best epoch {result.best_epoch}/{result.epochs_run}: val mIoU {metrics['overall']['miou']:.3f} "
+        f"(mean Dice {metrics['overall']['mean_dice']:.3f}) -> {out / 'model'}"
+    )
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Fine-tuned artifact, model id or folder.")],
+    export: ExportsOpt,
+    out: Annotated[Path, typer.Option(help="metrics.json, metrics.md, best_worst.png")],
+    dataset: DatasetsOpt = None,
+    split: Annotated[str, typer.Option(help="val (held-out sources) or all images.")] = "val",
+    batch_size: int = 8,
+) -> None:
+    """Evaluate a model: per-prompt mIoU/Dice, threshold sweep, boundary F1, prompt robustness, latency."""
+    from drywall_core.evaluate import evaluate as run_eval
+    from drywall_core.evaluate import markdown_table, write_reports
+    from drywall_core.model import load_model
+
+    if split not in ("val", "all"):
+        raise InputError(f"--split must be 'val' or 'all', not '{split}'")
+    samples, specs = _samples(export, dataset)
+    chosen = [x for x in samples if split == "all" or x.side == "val"]
+    loaded = load_model(model)
+    metrics = run_eval(loaded, chosen, specs, batch_size=batch_size)
+    write_reports(loaded, chosen, specs, metrics, out)
+    typer.echo(markdown_table(metrics))
+    typer.echo(f"reports in {out}")
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    prompt: Annotated[str, typer.Option(help='Text prompt, e.g. "segment crack".')],
+    model: Annotated[str, typer.Option(help="Fine-tuned artifact, model id or folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder for <stem>__<prompt>.png masks.")],
+    batch_size: int = 8,
+    threshold: Annotated[float | None, typer.Option(help="Default: the artifact's best val threshold.")] = None,
+) -> None:
+    """Predict binary masks ({0,255}, original size) for a text prompt; unreadable images exit 1."""
+    from drywall_core.model import load_model
+    from drywall_core.predict import predict_files
+
+    report = predict_files(load_model(model), images, prompt, out, batch_size=batch_size, threshold=threshold)
+    for path, why in report.failed:
+        _err(f"{path}: cannot read image ({why}); skipped")
+    typer.echo(f"wrote {len(report.written)} masks to {out}")
+    if report.failed:
+        raise CheckFailed(f"{len(report.failed)} of {len(images)} images could not be read")
 
 
 @app.command()
@@ -174,9 +297,7 @@ def demo() -> None:
 
 def main() -> None:
     """Console entry point: map project errors to exit codes and one-line messages."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("drywall_core").setLevel(logging.INFO)
     try:
         app(standalone_mode=False)

@@ -9,15 +9,34 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TrainConfig(BaseModel):
+    """Fine-tuning hyper-parameters (defaults follow the usual CLIPSeg decoder recipes)."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    weak_weight: float = Field(0.5, ge=0, description="Loss weight of weak (box) labels, BCE only.")
+    dice_weight: float = Field(1.0, ge=0, description="Weight of Dice for strong labels.")
+    pos_weight: float | None = Field(None, gt=0, description="BCE positive-class weight (sparse masks).")
+    grad_clip: float = Field(1.0, gt=0)
+    patience: int = Field(5, ge=1, description="Epochs without val mIoU improvement before stopping.")
+    seed: int = 0
+    flip: bool = Field(True, description="Also cache and train on horizontally flipped views.")
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_batch_size: int = Field(8, ge=1)
 
 
 class Settings(BaseSettings):
     """Project configuration; see README "Configuration" for the full list."""
 
-    model_config = SettingsConfigDict(env_prefix="DRYWALL_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DRYWALL_", env_file=".env", extra="ignore", env_nested_delimiter="__")
 
     # State
     home: Path = Field(default=Path(".drywall"), description="Root of everything written by default.")
@@ -51,9 +70,17 @@ class Settings(BaseSettings):
     split_seed: int = Field(default=42)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
 
+    # Model and training (nested: DRYWALL_TRAIN__EPOCHS=30)
+    base_model: str = Field(default="CIDAS/clipseg-rd64-refined", description="Hub id or local folder.")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
     @property
     def registry_root(self) -> Path:
         return self.home / "registry"
+
+    @property
+    def cache_root(self) -> Path:
+        return self.home / "cache" / "activations"
 
     def roboflow_key(self) -> str | None:
         """The Roboflow API key from DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY (never logged)."""

@@ -89,8 +89,6 @@ def load_registry(path: Path | None = None) -> DatasetRegistry:
     try:
         raw = yaml.safe_load(text) or {}
         entries = raw["datasets"]
-        return DatasetRegistry(
-            datasets={name: DatasetSpec(name=name, **body) for name, body in entries.items()}
-        )
+        return DatasetRegistry(datasets={name: DatasetSpec(name=name, **body) for name, body in entries.items()})
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{where}: invalid dataset registry: {exc}") from exc

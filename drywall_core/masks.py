@@ -93,9 +93,7 @@ def plan_jobs(export: Export, out_dir: Path) -> list[MaskJob]:
         for img in split.images:
             anns = by_image.get(img["id"], [])
             out = out_dir / split.name / f"{Path(img['file_name']).stem}.png"
-            jobs.append(
-                MaskJob(str(out), int(img["width"]), int(img["height"]), tuple(anns), _fingerprint(img, anns))
-            )
+            jobs.append(MaskJob(str(out), int(img["width"]), int(img["height"]), tuple(anns), _fingerprint(img, anns)))
     return jobs
 
 
@@ -118,9 +116,7 @@ def _write_manifest(out_dir: Path, manifest: dict[str, str]) -> None:
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, sort_keys=True))
 
 
-def render_masks(
-    export: Export, out_dir: Path, workers: int = 0, chunk: int = 32, progress: bool = True
-) -> MaskStats:
+def render_masks(export: Export, out_dir: Path, workers: int = 0, chunk: int = 32, progress: bool = True) -> MaskStats:
     """Render every image's mask under ``out_dir``; unchanged ones are skipped, stale ones removed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -145,9 +145,7 @@ def _checks() -> list[Check]:
         Check(
             "category_expected",
             lambda c: f"category not expected by dataset '{c.spec.name}' (pattern '{c.spec.categories}')",
-            lambda c: e.ExpectColumnValuesToMatchRegex(
-                column="category_name", regex=f"(?i).*(?:{c.spec.categories})"
-            ),
+            lambda c: e.ExpectColumnValuesToMatchRegex(column="category_name", regex=f"(?i).*(?:{c.spec.categories})"),
             show="category_name",
         ),
         Check(
@@ -172,9 +170,7 @@ def _checks() -> list[Check]:
         Check(
             "empty_image_share",
             lambda c: f"share of images without annotations above {c.settings.max_empty_image_share:.0%}",
-            lambda c: e.ExpectColumnMeanToBeBetween(
-                column="empty_image", max_value=c.settings.max_empty_image_share
-            ),
+            lambda c: e.ExpectColumnMeanToBeBetween(column="empty_image", max_value=c.settings.max_empty_image_share),
             "images",
         ),
     ]

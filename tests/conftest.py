@@ -104,3 +104,25 @@ def edit_coco(export: Path, split: str, fn: Callable[[dict], None]) -> Path:
     fn(coco)
     path.write_text(json.dumps(coco))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIPSeg written by the same code as ``drywall model init-tiny``."""
+    from drywall_core.model import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_exports(synthetic_root: Path) -> list[Path]:
+    return [synthetic_root / "synthetic-cracks.v1i.coco", synthetic_root / "synthetic-drywall-join.v1i.coco"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_samples(synthetic_exports: list[Path], tmp_path_factory: pytest.TempPathFactory):
+    from drywall_core.config import Settings
+    from drywall_core.samples import collect_samples
+
+    settings = Settings(home=tmp_path_factory.mktemp("samples-home"))
+    return collect_samples(synthetic_exports, settings)

@@ -116,8 +116,7 @@ def pull_roboflow(
                     time.sleep(delay)
                     continue
                 raise PullError(
-                    f"roboflow {workspace}/{project}/{version}: download failed after "
-                    f"{attempt + 1} attempt(s): {msg}"
+                    f"roboflow {workspace}/{project}/{version}: download failed after {attempt + 1} attempt(s): {msg}"
                 ) from None
         _verify(dest)
         lineage = write_lineage(

@@ -125,9 +125,7 @@ def _write_export(root: Path, task: str, seed: int, n_sources: int, variants: in
             (root / split).mkdir(parents=True, exist_ok=True)
             vimg.save(root / split / name, quality=92)
             image_id = len(part["images"])
-            part["images"].append(
-                {"id": image_id, "license": 1, "file_name": name, "height": size, "width": size}
-            )
+            part["images"].append({"id": image_id, "license": 1, "file_name": name, "height": size, "width": size})
             for a in vanns:
                 part["annotations"].append(
                     {

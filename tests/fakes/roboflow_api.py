@@ -117,9 +117,7 @@ class FakeRoboflow:
                     return None
                 ws, proj, ver = fake.workspace, fake.project, str(fake.version)
                 if parts == [ws]:
-                    return self._json(
-                        200, {"workspace": {"name": ws, "url": ws, "projects": [fake._project()]}}
-                    )
+                    return self._json(200, {"workspace": {"name": ws, "url": ws, "projects": [fake._project()]}})
                 if parts == [ws, proj]:
                     return self._json(
                         200,

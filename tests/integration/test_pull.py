@@ -57,9 +57,7 @@ def _leftovers(parent: Path) -> list[Path]:
     return [p for p in parent.iterdir() if p.name.startswith(".")]
 
 
-def test_pull_downloads_verifies_and_records_lineage(
-    fake: FakeRoboflow, cracks_export: Path, tmp_path: Path
-) -> None:
+def test_pull_downloads_verifies_and_records_lineage(fake: FakeRoboflow, cracks_export: Path, tmp_path: Path) -> None:
     out = tmp_path / "exports" / "cracks-v1"
     r = _pull(fake, out)
     assert r.returncode == 0, r.stderr
@@ -74,9 +72,7 @@ def test_pull_downloads_verifies_and_records_lineage(
         "cracks-3ii36-johwn",
         1,
     )
-    assert lineage["annotation_sha256"]["valid"] == sha256_file(
-        cracks_export / "valid" / "_annotations.coco.json"
-    )
+    assert lineage["annotation_sha256"]["valid"] == sha256_file(cracks_export / "valid" / "_annotations.coco.json")
     assert not (out / "roboflow.zip").exists()
     assert not _leftovers(out.parent)
     assert "GET /site-qa/cracks-3ii36-johwn/1/coco" in fake.requests

@@ -72,10 +72,7 @@ def test_image_without_annotations_gets_empty_mask(synthetic_cracks: Path, tmp_p
     export = open_export(synthetic_cracks)
     render_masks(export, tmp_path, workers=1, progress=False)
     empty = [
-        i
-        for s in export.splits.values()
-        for i in s.images
-        if not any(a["image_id"] == i["id"] for a in s.annotations)
+        i for s in export.splits.values() for i in s.images if not any(a["image_id"] == i["id"] for a in s.annotations)
     ]
     assert empty
     split = next(n for n, s in export.splits.items() if empty[0] in s.images)
@@ -90,9 +87,7 @@ def test_parallel_equals_serial(synthetic_cracks: Path, tmp_path: Path) -> None:
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     assert files
     for f in files:
-        assert np.array_equal(
-            np.asarray(Image.open(tmp_path / "a" / f)), np.asarray(Image.open(tmp_path / "b" / f))
-        )
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / f)), np.asarray(Image.open(tmp_path / "b" / f)))
 
 
 def test_incremental_rerender_only_changed(synthetic_cracks: Path, tmp_path: Path) -> None:

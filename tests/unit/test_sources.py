@@ -48,9 +48,7 @@ def test_local_copy_records_lineage(cracks_export: Path, tmp_path: Path) -> None
     lineage = copy_local_export(cracks_export, out)
     stored = json.loads((out / LINEAGE_FILE).read_text())
     assert stored["source"] == "local"
-    assert stored["annotation_sha256"]["valid"] == sha256_file(
-        cracks_export / "valid" / "_annotations.coco.json"
-    )
+    assert stored["annotation_sha256"]["valid"] == sha256_file(cracks_export / "valid" / "_annotations.coco.json")
     assert lineage["images"] == {"test": 4, "valid": 120}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp folders left"
 

@@ -11,19 +11,14 @@ from tests.conftest import edit_coco
 
 
 def test_source_of() -> None:
-    assert (
-        source_of("2000x1500_0_resized_jpg.rf.0dd5a8210e3178cb5374e1bd32333ff1.jpg")
-        == "2000x1500_0_resized_jpg"
-    )
+    assert source_of("2000x1500_0_resized_jpg.rf.0dd5a8210e3178cb5374e1bd32333ff1.jpg") == "2000x1500_0_resized_jpg"
     assert source_of("plain.jpg") == "plain"
 
 
 def test_real_drywall_train_no_source_leak(drywall_export: Path, tmp_path: Path) -> None:
     root = tmp_path / "train-only"
     (root / "train").mkdir(parents=True)
-    (root / "train" / "_annotations.coco.json").symlink_to(
-        drywall_export / "train" / "_annotations.coco.json"
-    )
+    (root / "train" / "_annotations.coco.json").symlink_to(drywall_export / "train" / "_annotations.coco.json")
     plan = split_by_source(open_export(root), seed=42, val_fraction=0.2)
     assert len(plan.train) + len(plan.val) == 820
     train_src, val_src = plan.sources("train"), plan.sources("val")

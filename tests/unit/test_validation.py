@@ -177,9 +177,7 @@ def test_annotation_for_unlisted_image(cli, synthetic_cracks: Path) -> None:
 
     path = edit_coco(synthetic_cracks, "train", orphan)
     r = cli("validate", synthetic_cracks)
-    _assert_single_failure(
-        r, "annotation refers to an image id not listed", ["image id 999 annotation 5000"], path
-    )
+    _assert_single_failure(r, "annotation refers to an image id not listed", ["image id 999 annotation 5000"], path)
 
 
 def test_label_strength_mismatch(cli, synthetic_cracks: Path) -> None:
@@ -191,9 +189,7 @@ def test_label_strength_mismatch(cli, synthetic_cracks: Path) -> None:
 
     path = edit_coco(synthetic_cracks, "train", boxes)
     r = cli("validate", synthetic_cracks)
-    _assert_single_failure(
-        r, "annotation kind inconsistent with strong labels of 'cracks'", ["kind=bbox"], path
-    )
+    _assert_single_failure(r, "annotation kind inconsistent with strong labels of 'cracks'", ["kind=bbox"], path)
 
 
 def test_category_not_expected_by_registry(cli, synthetic_cracks: Path) -> None:

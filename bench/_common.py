@@ -1,0 +1,39 @@
+"""Shared bench helpers: sample data and a rich table with a ratio column."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from drywall_core.datasets import load_registry
+from drywall_core.samples import Sample, export_samples
+from drywall_core.sources import generate_synthetic
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("DRYWALL_SAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def crack_samples(n: int) -> tuple[list[Sample], str]:
+    """``n`` (image, mask) samples from the real crack export, else from the synthetic sample."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    export = data_root() / "cracks.v1i.coco"
+    where = f"real crack export ({export})"
+    if not export.is_dir():
+        export = generate_synthetic(tmp / "synthetic", n_sources=max(8, n // 2))["cracks"]
+        where = "synthetic crack sample (real data not found)"
+    samples = export_samples(export, load_registry().get("cracks"), tmp / "masks", seed=0, val_fraction=0.2)
+    return sorted(samples, key=lambda s: s.image.name)[:n], where
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(*r)
+    Console(width=120).print(t)

@@ -1,0 +1,198 @@
+"""Frozen-activation cache: the speed lever of fine-tuning.
+
+The CLIP backbone is frozen, so the vision activations the decoder reads (hidden states after
+the ``extract_layers``) depend only on the image. We compute them once per image (and once per
+flipped view, for augmentation), store them as fp16 ``.npy`` shards that are memory-mapped at
+training time, and run only the decoder in every epoch. Text embeddings are computed once per
+distinct prompt.
+
+Keys: sha256 of the image bytes (+ ``:flip``), inside a folder named by the model fingerprint
+(base id + revision + config hash + input size) and dtype, so any change of model, input size
+or image content misses the cache. Shards are written under a temporary name and the index is
+rewritten atomically after each batch, so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from drywall_core.fsutil import atomic_open, atomic_write_text
+from drywall_core.model import LoadedModel
+
+INDEX = "index.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Model pieces shared by the cache, training, evaluation and prediction
+
+
+@contextlib.contextmanager
+def _truncated_vision(model: Any) -> Iterator[int]:
+    """Run only the vision layers the decoder reads (layers after the last extract layer are wasted)."""
+    encoder = model.clip.vision_model.encoder
+    full = encoder.layers
+    keep = max(model.config.extract_layers) + 1
+    encoder.layers = torch.nn.ModuleList(list(full)[:keep])
+    try:
+        yield keep
+    finally:
+        encoder.layers = full
+
+
+def encode_images(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Vision activations at the extract layers, stacked: (B, L, T, D). Call under ``no_grad``."""
+    with _truncated_vision(model):
+        out = model.clip.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=True, output_hidden_states=True
+        )
+    return torch.stack([out.hidden_states[i + 1] for i in model.config.extract_layers], dim=1)
+
+
+def decode(model: Any, activations: torch.Tensor, conditional: torch.Tensor) -> torch.Tensor:
+    """Decoder logits (B, S, S) from stacked activations (B, L, T, D) and text embeddings (B, P)."""
+    logits = model.decoder(list(activations.unbind(dim=1)), conditional).logits
+    return logits if logits.dim() == 3 else logits.unsqueeze(0)
+
+
+def text_embeddings(loaded: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
+    """Conditional embeddings (P, projection_dim), one per distinct prompt."""
+    tok = loaded.processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
+    device = next(loaded.model.parameters()).device
+    with torch.no_grad():
+        return loaded.model.get_conditional_embeddings(
+            batch_size=len(prompts),
+            input_ids=tok["input_ids"].to(device),
+            attention_mask=tok["attention_mask"].to(device),
+        )
+
+
+def pixel_values(loaded: LoadedModel, images: Sequence[Image.Image]) -> torch.Tensor:
+    return loaded.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+
+
+def load_rgb(path: Path, flip: bool = False) -> Image.Image:
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    return ImageOps.mirror(rgb) if flip else rgb
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+
+
+def image_key(path: Path, flip: bool = False) -> str:
+    h = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return f"{h}:flip" if flip else h
+
+
+@dataclass(frozen=True)
+class CacheItem:
+    path: Path
+    flip: bool = False
+
+
+class ActivationCache:
+    """Memory-mapped fp16 (or fp32) activation shards for one model fingerprint."""
+
+    def __init__(self, root: Path, loaded: LoadedModel, dtype: str = "float16") -> None:
+        if dtype not in ("float16", "float32"):
+            raise ValueError(f"cache dtype must be float16 or float32, not {dtype}")
+        self.loaded, self.dtype = loaded, dtype
+        self.dir = Path(root) / f"{loaded.fingerprint}-{dtype}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.index = self._read_index()
+        self._maps: dict[str, np.ndarray] = {}
+
+    def _read_index(self) -> dict[str, Any]:
+        try:
+            index = json.loads((self.dir / INDEX).read_text())
+        except (OSError, json.JSONDecodeError):
+            index = {}
+        if index.get("fingerprint") != self.loaded.fingerprint:
+            index = {
+                "fingerprint": self.loaded.fingerprint,
+                "base_model": self.loaded.base_id,
+                "revision": self.loaded.revision,
+                "image_size": self.loaded.image_size,
+                "dtype": self.dtype,
+                "entries": {},
+            }
+        return index
+
+    @property
+    def entries(self) -> dict[str, list]:
+        return self.index["entries"]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries and (self.dir / self.entries[key][0]).is_file()
+
+    def missing(self, items: Sequence[CacheItem], keys: Sequence[str]) -> list[tuple[CacheItem, str]]:
+        return [(it, k) for it, k in zip(items, keys, strict=True) if k not in self]
+
+    def build(
+        self,
+        items: Sequence[CacheItem],
+        batch_size: int = 8,
+        progress: bool = True,
+        keys: Sequence[str] | None = None,
+        on_batch: Any = None,
+    ) -> dict[str, int]:
+        """Encode every item not yet cached; returns counts. Safe to interrupt and call again."""
+        keys = list(keys) if keys is not None else [image_key(it.path, it.flip) for it in items]
+        todo = list({k: (it, k) for it, k in self.missing(items, keys)}.values())
+        model = self.loaded.model
+        device = next(model.parameters()).device
+        bar = tqdm(total=len(todo), desc="activation cache", unit="img", disable=not progress or not todo)
+        try:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                images = [load_rgb(it.path, it.flip) for it, _ in chunk]
+                with torch.no_grad():
+                    acts = encode_images(model, pixel_values(self.loaded, images).to(device))
+                self._write_shard([k for _, k in chunk], acts.cpu().numpy().astype(self.dtype))
+                bar.update(len(chunk))
+                if on_batch is not None:
+                    on_batch(start // batch_size)
+        finally:
+            bar.close()
+        return {"encoded": len(todo), "cached": len(items) - len(todo)}
+
+    def _write_shard(self, keys: list[str], arr: np.ndarray) -> None:
+        name = f"shard-{uuid.uuid4().hex[:12]}.npy"
+        with atomic_open(self.dir / name, "wb") as f:
+            np.save(f, arr)
+        for row, key in enumerate(keys):
+            self.entries[key] = [name, row]
+        self.index["shape"] = list(arr.shape[1:])
+        atomic_write_text(self.dir / INDEX, json.dumps(self.index))
+
+    def _map(self, shard: str) -> np.ndarray:
+        if shard not in self._maps:
+            self._maps[shard] = np.load(self.dir / shard, mmap_mode="r")
+        return self._maps[shard]
+
+    def get(self, keys: Sequence[str]) -> torch.Tensor:
+        """Activations for ``keys`` as float32 (B, L, T, D)."""
+        rows = [self._map(self.entries[k][0])[self.entries[k][1]] for k in keys]
+        return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
+
+    def prune(self) -> int:
+        """Delete shard files no index entry points to (left by an interrupted build)."""
+        live = {v[0] for v in self.entries.values()}
+        dead = [p for p in self.dir.glob("shard-*.npy") if p.name not in live]
+        for p in dead:
+            os.unlink(p)
+        return len(dead)

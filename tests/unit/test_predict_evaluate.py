@@ -1,0 +1,144 @@
+"""`drywall train`, `drywall evaluate` and `drywall predict` end to end on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from drywall_core.model import load_model
+from drywall_core.predict import output_name
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: Path, synthetic_exports: list[Path], tmp_path_factory) -> Path:
+    """A fine-tuned artifact from the real `drywall train` command (a few epochs)."""
+    import subprocess
+    import sys
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    env = {"DRYWALL_HOME": str(run.parent / "home"), "PATH": str(Path(sys.executable).parent)}
+    cmd = [
+        str(Path(sys.executable).parent / "drywall"),
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(run),
+        "--epochs",
+        "4",
+        "--lr",
+        "3e-3",
+        *[a for e in synthetic_exports for a in ("--export", str(e))],
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "val mIoU" in r.stdout
+    return run
+
+
+def test_train_command_outputs(trained: Path) -> None:
+    for name in (
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "training_curve.png",
+        "train_summary.json",
+        "model/decoder.safetensors",
+        "model/manifest.json",
+        "model/metrics.json",
+        "eval/metrics.md",
+        "eval/best_worst.png",
+    ):
+        assert (trained / name).is_file(), name
+    manifest = json.loads((trained / "model" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"decoder.safetensors", "config.json", "metrics.json"}
+    assert set(manifest["metrics"]["per_prompt"]) == {"segment crack", "segment taping area"}
+    assert manifest["metrics"]["thresholds"]["segment crack"] in [round(0.1 * i, 1) for i in range(1, 10)]
+
+
+def test_evaluate_command(cli, trained: Path, synthetic_exports: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", trained / "model", "--out", out]
+    r = cli(*args, *[a for e in synthetic_exports for a in ("--export", e)])
+    assert r.code == 0, r.err
+    assert "| segment crack |" in r.out and "| segment taping area |" in r.out
+    m = json.loads((out / "metrics.json").read_text())
+    crack = m["datasets"]["cracks"]
+    assert {"miou", "mean_dice", "boundary_f1", "best_threshold", "sweep", "prompt_robustness"} <= set(crack)
+    assert len(crack["prompt_robustness"]) >= 5
+    assert crack["robustness_spread"]["max"] >= crack["robustness_spread"]["min"]
+    assert crack["miou_at_best_threshold"] >= crack["sweep"]["0.5"] - 1e-9
+    assert m["latency"]["ms_per_image_mean"] > 0
+    assert m["overall"]["images"] == len(m["per_image"])
+    ious = [r["iou"] for r in m["per_image"] if r["dataset"] == "cracks"]
+    assert crack["miou"] == pytest.approx(float(np.mean(ious)))
+    grid = Image.open(out / "best_worst.png")
+    assert grid.width == 3 * 160 and grid.height > 160
+
+
+def test_predict_writes_binary_masks_at_original_size(cli, trained: Path, tmp_path: Path, synthetic_exports) -> None:
+    src = sorted((synthetic_exports[0] / "train").glob("*.jpg"))[0]
+    wide = tmp_path / "wide photo.jpg"
+    Image.open(src).convert("RGB").resize((300, 170)).save(wide)
+    out = tmp_path / "pred"
+    r = cli("predict", wide, src, "--prompt", "segment crack", "--model", trained / "model", "--out", out)
+    assert r.code == 0, r.err
+    m = Image.open(out / "wide photo__segment_crack.png")
+    assert m.mode == "L" and m.size == (300, 170)
+    assert set(np.unique(np.asarray(m))) <= {0, 255}
+    assert (out / output_name(src, "segment crack")).is_file()
+
+
+def test_predict_skips_unreadable_images_and_exits_1(cli, trained: Path, tmp_path: Path, synthetic_exports) -> None:
+    good = sorted((synthetic_exports[0] / "train").glob("*.jpg"))[:2]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(good[0].read_bytes()[:300])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    out = tmp_path / "pred"
+    r = cli(
+        "predict",
+        good[0],
+        bad,
+        text,
+        good[1],
+        "--prompt",
+        "segment taping area",
+        "--model",
+        trained / "model",
+        "--out",
+        out,
+    )
+    assert r.code == 1
+    assert f"{bad}: cannot read image" in r.err and f"{text}: cannot read image" in r.err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(output_name(g, "segment taping area") for g in good)
+
+
+def test_batched_equals_single(trained: Path, synthetic_exports) -> None:
+    from drywall_core.predict import predict_probs
+
+    loaded = load_model(trained / "model")
+    imgs = [Image.open(p).convert("RGB") for p in sorted((synthetic_exports[1] / "train").glob("*.jpg"))[:4]]
+    batched = predict_probs(loaded, imgs, "segment taping area")
+    single = [predict_probs(loaded, [im], "segment taping area")[0] for im in imgs]
+    for a, b in zip(batched, single, strict=True):
+        assert np.abs(a - b).max() < 1e-4
+
+
+def test_predict_on_real_photos(cli, trained: Path, cracks_export: Path, tmp_path: Path) -> None:
+    photos = sorted((cracks_export / "valid").glob("*.jpg"))[:3]
+    r = cli("predict", *photos, "--prompt", "segment crack", "--model", trained / "model", "--out", tmp_path)
+    assert r.code == 0, r.err
+    for p in photos:
+        assert Image.open(tmp_path / output_name(p, "segment crack")).size == Image.open(p).size
+
+
+def test_artifact_threshold_is_used(trained: Path) -> None:
+    loaded = load_model(trained / "model")
+    manifest = json.loads((trained / "model" / "manifest.json").read_text())
+    assert loaded.threshold_for("segment crack") == manifest["metrics"]["thresholds"]["segment crack"]
+    assert loaded.threshold_for("an unknown prompt") == 0.5
