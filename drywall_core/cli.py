@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -289,10 +290,70 @@ def predict(
 
 @app.command()
 def demo() -> None:
-    """Run the data plane end to end on a synthetic sample under $DRYWALL_HOME/demo."""
-    from drywall_core.demo import run_demo
+    """Run the retrain flow end to end on embedded defaults (synthetic data, tiny model, local registry)."""
+    from flows.demo import run_demo  # orchestration lives outside drywall_core
 
     run_demo(get_settings())
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="Model registry: versions, champion, audit log.")
+app.add_typer(registry_app, name="registry")
+
+
+def _registry():
+    from drywall_core.registry import ModelRegistry
+    from drywall_core.storage import store_from_settings
+
+    s = get_settings()
+    return ModelRegistry(store_from_settings(s), s.model_name)
+
+
+@registry_app.command("list")
+def registry_list() -> None:
+    """Versions, newest last, with the champion marked."""
+    reg = _registry()
+    champion = reg.champion_version()
+    for v in reg.versions():
+        m = reg.show(v).get("metrics", {})
+        mark = "*" if v == champion else " "
+        typer.echo(f"{mark} {v}  mIoU {m.get('miou', float('nan')):.3f}  Dice {m.get('mean_dice', float('nan')):.3f}")
+    if not champion:
+        typer.echo("(no champion)")
+
+
+@registry_app.command("show")
+def registry_show(version: Annotated[str, typer.Argument(help="Version id, or 'champion'.")] = "champion") -> None:
+    """A version's manifest (JSON)."""
+    reg = _registry()
+    v = reg.champion_version() if version == "champion" else version
+    if not v:
+        raise CheckFailed("no champion yet")
+    typer.echo(json.dumps(reg.show(v), indent=2))
+
+
+@registry_app.command("promote")
+def registry_promote(version: str, reason: Annotated[str, typer.Option(help="Why (audit log).")] = "manual") -> None:
+    """Make VERSION the champion (verified, compare-and-swap), bypassing the gate; audited."""
+    reg = _registry()
+    current = reg.champion()
+    reg.promote(version, current[1] if current else None, reason=reason, action="manual-promote")
+    typer.echo(f"champion: {version}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    to: Annotated[str | None, typer.Option(help="Version to restore (default: the previous champion).")] = None,
+) -> None:
+    """Point the champion back at the previous (or a given) version; audited."""
+    alias = _registry().rollback(to)
+    typer.echo(f"champion: {alias['version']} (was {alias['previous']})")
+
+
+@registry_app.command("audit")
+def registry_audit(last: int = 20) -> None:
+    """The last gate decisions, promotions and rollbacks."""
+    for e in _registry().audit_log()[-last:]:
+        typer.echo(f"{e['at']}  {e['action']:<15} {e.get('version')}  {e.get('reason', '')}")
 
 
 def main() -> None:
@@ -315,7 +376,10 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        raise
+        if os.environ.get("DRYWALL_DEBUG"):
+            raise
+        _err(f"error: unexpected {type(exc).__name__}: {exc} (set DRYWALL_DEBUG=1 for the traceback)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,15 @@ class TrainConfig(BaseModel):
     cache_batch_size: int = Field(8, ge=1)
 
 
+class GateConfig(BaseModel):
+    """Promotion gate: floors per prompt, no regression beyond a tolerance, a minimum improvement."""
+
+    min_miou: float = Field(0.05, ge=0, le=1, description="Every prompt's mIoU must reach this.")
+    min_dice: float = Field(0.05, ge=0, le=1, description="Every prompt's mean Dice must reach this.")
+    max_regression: float = Field(0.02, ge=0, description="No prompt may fall more than this below the champion.")
+    min_improvement: float = Field(0.005, ge=0, description="Mean mIoU must improve by at least this.")
+
+
 class Settings(BaseSettings):
     """Project configuration; see README "Configuration" for the full list."""
 
@@ -69,6 +78,15 @@ class Settings(BaseSettings):
     mask_workers: int = Field(default=0, ge=0, description="Processes for mask rendering; 0 = all cores.")
     split_seed: int = Field(default=42)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
+
+    # Artifact store / registry (S3 when a bucket is set, else $DRYWALL_HOME/registry)
+    s3_bucket: str | None = Field(default=None, description="Bucket of the S3 artifact store.")
+    s3_prefix: str = Field(default="", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(default=None, description="Any S3-compatible endpoint; AWS when unset.")
+    s3_region: str | None = Field(default=None)
+    s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
+    model_name: str = Field(default="clipseg-drywall", description="Registry name of the model.")
+    gate: GateConfig = Field(default_factory=lambda: GateConfig())
 
     # Model and training (nested: DRYWALL_TRAIN__EPOCHS=30)
     base_model: str = Field(default="CIDAS/clipseg-rd64-refined", description="Hub id or local folder.")

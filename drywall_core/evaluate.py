@@ -63,7 +63,7 @@ def evaluate(
     for s in samples:
         by_ds.setdefault(s.dataset, []).append(s)
     out: dict[str, Any] = {"datasets": {}, "per_image": []}
-    bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress)
+    bar = tqdm(total=len(samples), desc="evaluate", unit="img", disable=None if progress else True)
     for name, group in sorted(by_ds.items()):
         spec = specs[name]
         prompts = spec.prompts

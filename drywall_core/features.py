@@ -155,7 +155,7 @@ class ActivationCache:
         todo = list({k: (it, k) for it, k in self.missing(items, keys)}.values())
         model = self.loaded.model
         device = next(model.parameters()).device
-        bar = tqdm(total=len(todo), desc="activation cache", unit="img", disable=not progress or not todo)
+        bar = tqdm(total=len(todo), desc="activation cache", unit="img", disable=None if progress and todo else True)
         try:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]

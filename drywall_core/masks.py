@@ -135,7 +135,7 @@ def render_masks(export: Export, out_dir: Path, workers: int = 0, chunk: int = 3
     workers = workers or os.cpu_count() or 1
     chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
     fp = {j.out: j.fingerprint for j in todo}
-    bar = tqdm(total=len(todo), desc="masks", unit="img", disable=not progress or not todo)
+    bar = tqdm(total=len(todo), desc="masks", unit="img", disable=None if progress and todo else True)
     try:
         if workers == 1 or len(chunks) <= 1:
             for c in chunks:

@@ -258,6 +258,12 @@ def init_tiny(out: Path, seed: int = 0, image_size: int = 128) -> Path:
     model = CLIPSegForImageSegmentation(
         tiny_config(len(tok), tok.bos_token_id, tok.eos_token_id, image_size=image_size)
     )
+    # HF initialises the decoder's FiLM/reduce/transposed-conv weights with std 1, which gives
+    # logits of ~30 and a long plateau before learning starts; PyTorch's default (fan-in scaled)
+    # init gives the tiny decoder the well-conditioned start a pretrained one has.
+    for module in model.decoder.modules():
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            module.reset_parameters()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     make_processor(tok, image_size).save_pretrained(out)

@@ -79,7 +79,7 @@ def predict_files(
             good.append((p, _open(p)))
         except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, the rest go on
             report.failed.append((p, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__))
-    bar = tqdm(total=len(good), desc="predict", unit="img", disable=not progress)
+    bar = tqdm(total=len(good), desc="predict", unit="img", disable=None if progress else True)
     for start in range(0, len(good), batch_size):
         chunk = good[start : start + batch_size]
         probs = predict_probs(loaded, [im for _, im in chunk], prompt)

@@ -43,6 +43,13 @@ def export_samples(
     return out
 
 
+def masks_dir_for(settings: Settings, export_root: Path) -> Path:
+    """Where an export's masks live: ``$DRYWALL_HOME/masks/<export folder>-<path hash>``."""
+    resolved = Path(export_root).resolve()
+    tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+    return Path(settings.home) / "masks" / f"{resolved.name}-{tag}"
+
+
 def collect_samples(
     exports: Sequence[Path],
     settings: Settings,

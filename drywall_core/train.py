@@ -266,7 +266,7 @@ def train(
             range(0, len(order), cfg.batch_size),
             desc=f"epoch {epoch}/{cfg.epochs}",
             unit="step",
-            disable=not progress,
+            disable=None if progress else True,
             leave=False,
         )
         for start in bar:

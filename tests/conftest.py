@@ -126,3 +126,40 @@ def synthetic_samples(synthetic_exports: list[Path], tmp_path_factory: pytest.Te
 
     settings = Settings(home=tmp_path_factory.mktemp("samples-home"))
     return collect_samples(synthetic_exports, settings)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-compatible server (SeaweedFS ``weed mini``) on free loopback ports, stopped after."""
+    from drywall_core.s3server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("seaweed"), "drywall-test", "testAccessKey", "testSecretKey123")
+    server.start(timeout=90)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A decoder artifact (as `drywall train` writes it) with a metrics.json."""
+    from drywall_core.fsutil import atomic_write_text
+    from drywall_core.model import load_model, save_decoder
+
+    out = tmp_path_factory.mktemp("artifact") / "model"
+    out.mkdir()
+    atomic_write_text(out / "metrics.json", json.dumps({"overall": {"miou": 0.5}}))
+    save_decoder(load_model(tiny_model_dir), out, {"files": ["metrics.json"]})
+    return out
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+    """A temporary Prefect server for the whole session (private PREFECT_HOME, no analytics)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = "drywall_core"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

@@ -1,0 +1,177 @@
+"""Model registry on an artifact store (local folder or S3), the same layout on both::
+
+    <root>/models/<name>/versions/<version>/  decoder.safetensors, config.json, metrics.json, ...,
+                                               manifest.json (written last, sha256 of every file)
+    <root>/models/<name>/aliases/champion.json {"version", "sha256", "promoted_at", "previous"}
+    <root>/models/<name>/audit.jsonl           one line per gate decision, promotion or rollback
+
+Versions are written once: files first (each verified after upload), the manifest last with a
+create-only write, so a version is visible only when complete. The champion alias moves with a
+compare-and-swap write, so of two concurrent promotions exactly one wins; a crash between upload
+and alias move leaves the old champion in place.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drywall_core.errors import CheckFailed, InputError
+from drywall_core.model import MANIFEST_FILE, read_manifest
+from drywall_core.storage import ArtifactStore, Conflict, IntegrityError, NotFound, sha256_bytes, sha256_file
+
+CHAMPION = "champion"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def new_version_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+class ModelRegistry:
+    def __init__(self, store: ArtifactStore, name: str = "clipseg-drywall") -> None:
+        self.store, self.name = store, name
+        self.root = f"models/{name}"
+
+    # keys
+    def version_key(self, version: str, file: str = "") -> str:
+        return f"{self.root}/versions/{version}/{file}".rstrip("/")
+
+    @property
+    def alias_key(self) -> str:
+        return f"{self.root}/aliases/{CHAMPION}.json"
+
+    @property
+    def audit_key(self) -> str:
+        return f"{self.root}/audit.jsonl"
+
+    # versions
+    def publish(self, artifact_dir: Path, version: str | None = None, extra: dict[str, Any] | None = None) -> dict:
+        """Upload every file of a model artifact, verified; the manifest goes last (create-only)."""
+        artifact_dir = Path(artifact_dir)
+        manifest = read_manifest(artifact_dir)
+        version = version or new_version_id()
+        if self.store.exists(self.version_key(version, MANIFEST_FILE)):
+            raise Conflict(f"version {version} already exists; versions are immutable")
+        files = {}
+        for path in sorted(p for p in artifact_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE):
+            digest = sha256_file(path)
+            recorded = manifest.get("files", {}).get(path.name)
+            if recorded and recorded != digest:
+                raise IntegrityError(f"{path}: checksum mismatch against its manifest")
+            files[path.name] = self.store.put_file(path, self.version_key(version, path.name))
+        record = {
+            **manifest,
+            **(extra or {}),
+            "version": version,
+            "model_name": self.name,
+            "published_at": now(),
+            "files": files,
+        }
+        self.store.create(self.version_key(version, MANIFEST_FILE), json.dumps(record, indent=2).encode())
+        return record
+
+    def versions(self) -> list[str]:
+        suffix = "/" + MANIFEST_FILE
+        keys = self.store.list(f"{self.root}/versions/")
+        return sorted(k.split("/")[-2] for k in keys if k.endswith(suffix))
+
+    def show(self, version: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.store.get_bytes(self.version_key(version, MANIFEST_FILE)))
+        except NotFound:
+            raise InputError(f"model '{self.name}' has no version '{version}'") from None
+
+    def verify(self, version: str) -> dict[str, Any]:
+        """Every file of the version is present with its recorded sha256 (downloads and hashes)."""
+        record = self.show(version)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, digest in record["files"].items():
+                self.store.get_file(self.version_key(version, name), Path(tmp) / name, digest)
+        return record
+
+    def download(self, version: str, dest: Path) -> Path:
+        """Fetch a version into ``dest`` with checksum verification; refuses corrupted files."""
+        record = self.show(version)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, digest in record["files"].items():
+            self.store.get_file(self.version_key(version, name), dest / name, digest)
+        (dest / MANIFEST_FILE).write_text(json.dumps(record, indent=2))
+        return dest
+
+    # champion alias
+    def champion(self) -> tuple[dict[str, Any], str] | None:
+        got = self.store.read_versioned(self.alias_key)
+        return None if got is None else (json.loads(got[0]), got[1])
+
+    def champion_version(self) -> str | None:
+        c = self.champion()
+        return c[0]["version"] if c else None
+
+    def promote(
+        self,
+        version: str,
+        expected: str | None,
+        reason: str = "",
+        decision: dict | None = None,
+        action: str = "promote",
+    ) -> dict[str, Any]:
+        """Move the champion alias to ``version`` if it still is what the caller saw (``expected`` etag).
+
+        ``expected`` is None when the caller saw no champion. Raises :class:`Conflict` if another
+        run moved the alias in between. The version is verified before the alias moves.
+        """
+        record = self.verify(version)
+        current = self.champion()
+        previous = current[0]["version"] if current else None
+        alias = {
+            "version": version,
+            "sha256": sha256_bytes(json.dumps(record, sort_keys=True).encode()),
+            "promoted_at": now(),
+            "previous": previous,
+        }
+        body = json.dumps(alias, indent=2).encode()
+        if expected is None:
+            self.store.create(self.alias_key, body)
+        else:
+            self.store.replace(self.alias_key, body, expected)
+        self.audit({"action": action, "version": version, "previous": previous, "reason": reason, "decision": decision})
+        return alias
+
+    def rollback(self, to: str | None = None, reason: str = "manual rollback") -> dict[str, Any]:
+        """Point the champion back at ``to`` (default: the champion before the current one)."""
+        current = self.champion()
+        if current is None:
+            raise CheckFailed("no champion to roll back")
+        target = to or current[0].get("previous")
+        if not target:
+            raise CheckFailed(f"champion {current[0]['version']} has no previous version to roll back to")
+        return self.promote(target, current[1], reason=reason, action="rollback")
+
+    # audit
+    def audit(self, entry: dict[str, Any], attempts: int = 20) -> None:
+        """Append one JSON line (read-modify-write with compare-and-swap, so no line is lost)."""
+        line = json.dumps({"at": now(), "model": self.name, **entry}, default=str) + "\n"
+        for _ in range(attempts):
+            got = self.store.read_versioned(self.audit_key)
+            try:
+                if got is None:
+                    self.store.create(self.audit_key, line.encode())
+                else:
+                    self.store.replace(self.audit_key, got[0] + line.encode(), got[1])
+                return
+            except Conflict:
+                continue
+        raise Conflict(f"{self.audit_key}: could not append after {attempts} attempts")
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        got = self.store.read_versioned(self.audit_key)
+        return [json.loads(x) for x in got[0].decode().splitlines() if x.strip()] if got else []

@@ -1,0 +1,57 @@
+"""Ingest: pull (or local folder, or synthetic) -> validate -> render masks -> split.
+
+Every export is validated before anything is rendered: one failure fails the flow with its report
+linked in the UI, and nothing downstream runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from drywall_core.config import get_settings
+from drywall_core.samples import masks_dir_for
+from flows.common import Source, data_dir, run_dir
+from tasks.artifacts import markdown
+from tasks.data import local_task, masks_task, pull_task, split_task, synthetic_task, validate_task
+
+
+def _fetch(source: Source) -> list[tuple[str, str | None]]:
+    """Export folders of a source, each with its dataset name (None: guessed from the export)."""
+    out = data_dir() / source.slug()
+    if source.kind == "synthetic":
+        return [(path, name) for name, path in synthetic_task(str(out), source.seed).items()]
+    if source.kind == "local":
+        return [(local_task(str(source.path), str(out)), source.dataset)]
+    if not (source.workspace and source.project and source.version):
+        raise ValueError("a roboflow source needs workspace, project and version")
+    return [(pull_task(source.workspace, source.project, source.version, str(out)), source.dataset)]
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(sources: list[Source] | None = None) -> list[dict[str, Any]]:
+    """Returns one record per export: export folder, dataset, masks folder, split file and counts."""
+    sources = sources or [Source()]
+    exports = [e for src in sources for e in _fetch(src)]
+    reports = run_dir("ingest")
+    validated = [validate_task(path, str(reports), dataset) for path, dataset in exports]
+    settings = get_settings()
+    records = []
+    for v in validated:
+        masks = masks_task(v["export"], str(masks_dir_for(settings, Path(v["export"]))))
+        split_file = str(Path(v["export"]) / "split.json")
+        counts = split_task(v["export"], split_file)
+        records.append({**v, "masks": masks, "split": split_file, "counts": counts})
+    rows = "\n".join(
+        f"| {r['dataset']} | `{r['export']}` | {r['counts']['train_images']} | {r['counts']['val_images']} "
+        f"| {r['counts']['train_sources']} / {r['counts']['val_sources']} |"
+        for r in records
+    )
+    markdown(
+        "| dataset | export | train images | val images | sources train/val |\n|---|---|---|---|---|\n" + rows,
+        "ingest-summary",
+        "validated exports and their leakage-free splits",
+    )
+    return records

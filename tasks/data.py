@@ -1,0 +1,104 @@
+"""Data-plane tasks: pull/copy/synthesise, validate, render masks, split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
+
+from drywall_core.config import get_settings
+from drywall_core.datasets import load_registry
+from drywall_core.errors import CheckFailed
+from drywall_core.exports import ANNOTATION_FILE, open_export
+from drywall_core.masks import render_masks
+from drywall_core.sources import copy_local_export, generate_synthetic, pull_roboflow
+from drywall_core.splits import split_by_source, write_plan
+from drywall_core.validation import fresh_docs_dir, resolve_dataset, validate_export, write_report
+from tasks.artifacts import link, markdown, upload_report
+
+
+def _export_content_key(_ctx: TaskRunContext, params: dict[str, Any]) -> str:
+    """Cache key: the sha256 of every annotation file (content, not path) plus the output folder."""
+    root = Path(params["export"])
+    h = hashlib.sha256(str(params.get("out")).encode())
+    for f in sorted(root.glob(f"*/{ANNOTATION_FILE}")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5)
+def pull_task(workspace: str, project: str, version: int, out: str) -> str:
+    """Roboflow download; the SDK call retries itself, this retries the whole pull on top."""
+    s = get_settings()
+    lineage = pull_roboflow(
+        workspace,
+        project,
+        version,
+        Path(out),
+        s.roboflow_key(),
+        retries=s.pull_retries,
+        backoff_s=s.pull_backoff_s,
+        overwrite=True,
+        api_url=s.roboflow_api_url,
+    )
+    get_run_logger().info("pulled %s/%s/%s: %s images", workspace, project, version, lineage["images"])
+    return out
+
+
+@task
+def local_task(path: str, out: str) -> str:
+    copy_local_export(Path(path), Path(out), overwrite=True)
+    return out
+
+
+@task
+def synthetic_task(out: str, seed: int = 0) -> dict[str, str]:
+    paths = generate_synthetic(Path(out), seed=seed, overwrite=True)
+    return {k: str(v) for k, v in paths.items()}
+
+
+@task
+def validate_task(export: str, report_dir: str, dataset: str | None = None) -> dict[str, Any]:
+    """GX validation; on failure the report is linked in the UI and the task fails (nothing downstream runs)."""
+    s = get_settings()
+    exp = open_export(Path(export))
+    spec = resolve_dataset(exp, load_registry(s.datasets_file), dataset)
+    report_path = Path(report_dir) / f"{spec.name}-validation.json"
+    report = validate_export(exp, spec, s, docs_dir=fresh_docs_dir(report_path))
+    write_report(report, report_path)
+    run_id = str(TaskRunContext.get().task_run.flow_run_id)
+    url = upload_report(report_path, run_id)
+    link(
+        url,
+        f"validation report ({spec.name})",
+        f"validation-{spec.name}",
+        "Great Expectations results" + ("" if report.success else " - FAILED"),
+    )
+    if not report.success:
+        lines = report.lines()
+        markdown(
+            "## Validation failed\n\n" + "\n".join(f"- `{ln}`" for ln in lines), f"validation-failures-{spec.name}"
+        )
+        raise CheckFailed(f"{export}: validation failed ({len(lines)} failed expectations): {lines[0]}")
+    get_run_logger().info("validated %s as '%s'", export, spec.name)
+    return {"export": export, "dataset": spec.name, "report": str(report_path)}
+
+
+@task(cache_key_fn=_export_content_key, persist_result=True)
+def masks_task(export: str, out: str) -> str:
+    stats = render_masks(open_export(Path(export)), Path(out), workers=get_settings().mask_workers, progress=False)
+    get_run_logger().info("masks: %d rendered, %d unchanged, %d removed", stats.rendered, stats.skipped, stats.removed)
+    return out
+
+
+@task
+def split_task(export: str, out: str) -> dict[str, int]:
+    s = get_settings()
+    plan = split_by_source(open_export(Path(export)), s.split_seed, s.val_fraction)
+    write_plan(plan, Path(out))
+    return json.loads(plan.to_json())["counts"]

@@ -1,0 +1,82 @@
+"""Registry tasks: fetch the champion, gate, publish (retried: network), promote (compare-and-swap)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+
+from drywall_core.config import get_settings
+from drywall_core.gate import decide
+from drywall_core.registry import ModelRegistry
+from drywall_core.storage import Conflict, store_from_settings
+from tasks.model import read_metrics
+
+
+def registry() -> ModelRegistry:
+    s = get_settings()
+    return ModelRegistry(store_from_settings(s), s.model_name)
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(2))
+def fetch_champion_task(dest: str) -> dict[str, Any] | None:
+    """Download the current champion (verified) and note the alias etag the gate saw."""
+    reg = registry()
+    current = reg.champion()
+    if current is None:
+        return None
+    alias, etag = current
+    path = reg.download(alias["version"], Path(dest))
+    return {"version": alias["version"], "etag": etag, "path": str(path)}
+
+
+@task
+def gate_task(candidate_metrics: str, champion_metrics: str | None) -> dict[str, Any]:
+    decision = decide(
+        read_metrics(candidate_metrics),
+        read_metrics(champion_metrics) if champion_metrics else None,
+        get_settings().gate,
+    )
+    get_run_logger().info("gate: %s (%s)", "PROMOTE" if decision.promote else "REFUSE", "; ".join(decision.reasons))
+    return decision.to_dict()
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(2))
+def publish_task(artifact: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Upload the candidate as a new immutable version (every file verified)."""
+    return registry().publish(Path(artifact), extra=extra)
+
+
+@task
+def promote_task(version: str, expected_etag: str | None, decision: dict[str, Any]) -> dict[str, Any]:
+    """Move the champion alias if the gate said so; record every decision in the audit log."""
+    reg = registry()
+    reason = "; ".join(decision["reasons"])
+    if not decision["promote"]:
+        reg.audit(
+            {
+                "action": "refuse",
+                "version": version,
+                "champion": reg.champion_version(),
+                "reason": reason,
+                "decision": decision,
+            }
+        )
+        return {"promoted": False, "version": version, "reason": reason}
+    try:
+        reg.promote(version, expected_etag, reason=reason, decision=decision)
+    except Conflict:
+        won = reg.champion_version()
+        reg.audit(
+            {
+                "action": "refuse",
+                "version": version,
+                "champion": won,
+                "reason": f"a concurrent run promoted {won} first",
+                "decision": decision,
+            }
+        )
+        return {"promoted": False, "version": version, "reason": f"lost the promotion race to {won}"}
+    return {"promoted": True, "version": version, "reason": reason}

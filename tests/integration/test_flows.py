@@ -1,0 +1,98 @@
+"""Flows under a real (temporary) Prefect server: ingest, retrain with the gate, champion evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import edit_coco
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"epochs": 20, "lr": 1e-2, "patience": 20}  # the demo recipe
+BAD = {"epochs": 1, "lr": 1e-7}
+
+
+def _artifacts(flow_run_id=None) -> dict[str, object]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read():
+        async with get_client() as client:
+            if flow_run_id is None:
+                return await client.read_artifacts()
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+
+    return {a.key: a for a in asyncio.run(read()) if a.key}
+
+
+def test_ingest_fails_cleanly_on_a_broken_export(prefect_api, synthetic_cracks: Path, tmp_path: Path) -> None:
+    from flows.common import Source
+    from flows.ingest import ingest
+
+    def negative(coco: dict) -> None:
+        coco["annotations"][0]["bbox"][2] = -4
+
+    edit_coco(synthetic_cracks, "train", negative)
+    state = ingest(sources=[Source(kind="local", path=str(synthetic_cracks), dataset="cracks")], return_state=True)
+    assert state.is_failed()
+    assert "bbox width not positive" in state.message or "validation failed" in str(state.message)
+    home = Path(tmp_path / "home")
+    assert not (home / "masks").exists(), "nothing downstream of validation ran"
+    arts = _artifacts(state.state_details.flow_run_id)
+    assert "validation-cracks" in arts and "validation-failures-cracks" in arts
+    assert "bbox width not positive" in arts["validation-failures-cracks"].data
+
+
+def test_ingest_real_export(prefect_api, drywall_export: Path, tmp_path: Path) -> None:
+    from flows.common import Source
+    from flows.ingest import ingest
+
+    records = ingest(sources=[Source(kind="local", path=str(drywall_export))])
+    (rec,) = records
+    assert rec["dataset"] == "drywall-join"
+    assert rec["counts"]["train_images"] + rec["counts"]["val_images"] == 920
+    assert len(list(Path(rec["masks"]).rglob("*.png"))) == 920
+
+
+def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from flows.common import Source
+    from flows.evaluate import evaluate_champion
+    from flows.retrain import retrain
+    from tasks.registry import registry
+
+    first = retrain(sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=GOOD)
+    assert first["promoted"], first["reason"]
+    reg = registry()
+    assert reg.champion_version() == first["version"]
+    champion_manifest = reg.show(first["version"])
+    assert champion_manifest["lineage"][0]["dataset"] in ("cracks", "drywall-join")
+    assert {"decoder.safetensors", "config.json", "metrics.json"} <= set(champion_manifest["files"])
+
+    state = retrain(
+        sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=BAD, return_state=True
+    )
+    second = state.result()
+    assert not second["promoted"]
+    assert reg.champion_version() == first["version"], "the champion stays"
+    assert set(reg.versions()) == {first["version"], second["version"]}
+    log = reg.audit_log()
+    assert [e["action"] for e in log] == ["promote", "refuse"]
+    assert log[1]["decision"]["champion_miou"] is not None
+    arts = _artifacts(state.state_details.flow_run_id)
+    assert "retrain-gate" in arts and "REFUSE" in arts["retrain-gate"].data
+    assert "candidate mIoU" in arts["retrain-gate"].data and "champion mIoU" in arts["retrain-gate"].data
+    assert {"retrain-metrics", "retrain-training-curve", "retrain-best-worst"} <= set(arts)
+    assert "training-progress" in _artifacts(), "the train subflow reports progress"
+
+    result = evaluate_champion(sources=[Source(kind="synthetic", seed=0)])
+    assert result["version"] == first["version"] and result["regressions"] == []
+    evals = [k for k in reg.store.list(f"{reg.root}/evaluations/")]
+    assert len(evals) == 1
+    assert json.loads(reg.store.get_bytes(evals[0]))["version"] == first["version"]
