@@ -216,6 +216,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
 ) -> None:
     """Fine-tune the CLIPSeg decoder on the frozen-activation cache, evaluate it, write the artifact."""
+    from drywall_core.drift import PROFILE_FILE, write_reference_profile
     from drywall_core.evaluate import evaluate as run_eval
     from drywall_core.evaluate import write_reports
     from drywall_core.model import load_model
@@ -235,6 +236,7 @@ def train(
     val = [x for x in samples if x.side == "val"]
     metrics = run_eval(loaded, val, specs)
     write_reports(loaded, val, specs, metrics, out / "eval")
+    write_reference_profile([x.image for x in samples if x.side == "train"], out / "model" / PROFILE_FILE)
     write_artifact(loaded, out / "model", result.summary, metrics)
     typer.echo(
         f"best epoch {result.best_epoch}/{result.epochs_run}: val mIoU {metrics['overall']['miou']:.3f} "
@@ -286,6 +288,49 @@ def predict(
     typer.echo(f"wrote {len(report.written)} masks to {out}")
     if report.failed:
         raise CheckFailed(f"{len(report.failed)} of {len(images)} images could not be read")
+
+
+@app.command()
+def drift(
+    reference: Annotated[Path, typer.Option(help="Reference images folder, or a reference_profile.parquet.")],
+    current: Annotated[Path, typer.Option(help="Folder of new field images (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Output folder for drift.json and drift.html.")],
+    drift_share: Annotated[float | None, typer.Option(help="Share of drifted features that means drift.")] = None,
+    model: Annotated[str | None, typer.Option(help="Add model signals (foreground fraction, confidence).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="Prompts for the model signals (repeatable).")] = None,
+) -> None:
+    """Evidently data-drift report of field images against a reference; exit 1 when drift is detected."""
+    from drywall_core import drift as d
+
+    s = get_settings()
+    share = s.drift_share if drift_share is None else drift_share
+    ref_skipped: list[dict] = []
+    if reference.is_file():
+        ref_frame = d.load_profile(reference)
+    else:
+        ref_table = d.extract_features(d.find_images(reference), max_pixels=s.max_image_pixels)
+        ref_frame, ref_skipped = ref_table.frame, ref_table.skipped
+    cur = d.extract_features(d.find_images(current), max_pixels=s.max_image_pixels)
+    if model:
+        from drywall_core.model import load_model
+
+        loaded = load_model(model)
+        prompts = prompt or ["segment crack", "segment taping area"]
+        d.add_model_signals(cur, loaded, prompts)
+        if not reference.is_file():
+            d.add_model_signals(ref_table, loaded, prompts)
+            ref_frame = ref_table.frame
+    for item in cur.skipped:
+        _err(f"{item['path']}: skipped ({item['reason']})")
+    result = d.run_drift(ref_frame, cur, out, share, reference_skipped=ref_skipped)
+    sm = result.summary
+    typer.echo(
+        f"drift {'DETECTED' if sm['drift_detected'] else 'not detected'}: {sm['drifted_share']:.0%} of features "
+        f"drifted ({', '.join(sm['drifted_columns']) or 'none'}); {sm['n_reference']} reference vs "
+        f"{sm['n_current']} current images, {len(sm['skipped'])} skipped -> {result.json_path}"
+    )
+    if sm["drift_detected"]:
+        raise CheckFailed("drift detected")
 
 
 @app.command()

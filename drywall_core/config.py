@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     model_name: str = Field(default="clipseg-drywall", description="Registry name of the model.")
     gate: GateConfig = Field(default_factory=lambda: GateConfig())
 
+    # Drift
+    drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted features that means drift.")
+
     # Model and training (nested: DRYWALL_TRAIN__EPOCHS=30)
     base_model: str = Field(default="CIDAS/clipseg-rd64-refined", description="Hub id or local folder.")
     train: TrainConfig = Field(default_factory=TrainConfig)

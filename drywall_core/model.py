@@ -124,7 +124,8 @@ def freeze_backbone(model: Any) -> Any:
 
 
 def decoder_state(model: Any) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.decoder.state_dict().items()}
+    """A copy of the decoder's weights (``.cpu()`` alone would alias the live tensors on CPU)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.decoder.state_dict().items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from drywall_core.errors import InputError
 from drywall_core.features import ActivationCache, CacheItem, decode, image_key, text_embeddings
 from drywall_core.fsutil import atomic_open, atomic_write_text
 from drywall_core.losses import mixed_loss
-from drywall_core.model import LoadedModel, decoder_state, save_decoder
+from drywall_core.model import DECODER_FILE, MANIFEST_FILE, LoadedModel, decoder_state, save_decoder
 from drywall_core.samples import Sample
 
 log = logging.getLogger(__name__)
@@ -372,7 +372,8 @@ def _save_checkpoint(
 def write_artifact(
     loaded: LoadedModel, out: Path, summary: dict[str, Any], metrics: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The decoder-only artifact: weights, config, metrics.json and a manifest with per-prompt thresholds."""
+    """The decoder-only artifact: weights, config, metrics.json, any other file already in ``out``
+    (e.g. the drift reference profile) and a manifest with sha256 of each and per-prompt thresholds."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {"training": summary}
@@ -390,5 +391,7 @@ def write_artifact(
             },
             "thresholds": thresholds,
         }
-        extra["files"] = ["metrics.json"]
+    extra["files"] = sorted(
+        p.name for p in out.iterdir() if p.is_file() and p.name not in (MANIFEST_FILE, DECODER_FILE, "config.json")
+    )
     return save_decoder(loaded, out, extra)

@@ -12,6 +12,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
 from drywall_core.config import get_settings
+from drywall_core.drift import PROFILE_FILE, write_reference_profile
 from drywall_core.evaluate import evaluate, write_reports
 from drywall_core.features import ActivationCache, CacheItem
 from drywall_core.model import load_model
@@ -88,6 +89,7 @@ def train_task(
     val = [x for x in samples if x.side == "val"]
     metrics = evaluate(loaded, val, specs, progress=False)
     reports = write_reports(loaded, val, specs, metrics, out_dir / "eval")
+    write_reference_profile([x.image for x in samples if x.side == "train"], out_dir / "model" / PROFILE_FILE)
     write_artifact(loaded, out_dir / "model", result.summary, metrics)
     return {
         "artifact": str(out_dir / "model"),

@@ -116,3 +116,19 @@ def test_real_size_architecture_numbers() -> None:
     assert abs(decoder - 1.127e6) < 0.01e6
     json.dumps(real_size_config().to_dict())  # serialisable for the manifest
     assert MANIFEST_FILE == "manifest.json"
+
+
+def test_decoder_state_is_a_copy(tiny_model_dir: Path) -> None:
+    """Best-epoch weights must survive later optimizer steps (a CPU ``.cpu()`` would alias them)."""
+    from drywall_core.model import decoder_state
+
+    loaded = load_model(tiny_model_dir)
+    snap = decoder_state(loaded.model)
+    with torch.no_grad():
+        for p in loaded.model.decoder.parameters():
+            p.add_(1.0)
+    assert all(
+        not torch.equal(snap[k], v)
+        for k, v in loaded.model.decoder.state_dict().items()
+        if v.is_floating_point() and v.numel()
+    )

@@ -54,7 +54,7 @@ def test_train_command_outputs(trained: Path) -> None:
     ):
         assert (trained / name).is_file(), name
     manifest = json.loads((trained / "model" / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"decoder.safetensors", "config.json", "metrics.json"}
+    assert set(manifest["files"]) == {"decoder.safetensors", "config.json", "metrics.json", "reference_profile.parquet"}
     assert set(manifest["metrics"]["per_prompt"]) == {"segment crack", "segment taping area"}
     assert manifest["metrics"]["thresholds"]["segment crack"] in [round(0.1 * i, 1) for i in range(1, 10)]
 

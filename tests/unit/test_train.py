@@ -72,6 +72,8 @@ def test_training_learns_and_writes_outputs(tiny_model_dir, synthetic_samples, t
     # best epoch's weights are the ones left in the model
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert all(torch.equal(ck["best_state"][k], v) for k, v in loaded.model.decoder.state_dict().items())
+    if result.best_epoch != result.epochs_run:  # the kept weights are not simply the last epoch's
+        assert not all(torch.equal(ck["best_state"][k], ck["decoder"][k]) for k in ck["decoder"])
 
 
 def test_early_stopping(tiny_model_dir, synthetic_samples, tmp_path) -> None:

@@ -1,0 +1,59 @@
+"""Drift: new field images (a folder or an S3 bucket/prefix) against the champion's reference profile.
+
+Evidently ``DataDriftPreset`` report (HTML + JSON) stored in the artifact store and linked in the
+UI, a summary table, and a ``drywall.drift.detected`` event when the images drifted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from drywall_core.config import get_settings
+from flows.common import run_dir
+from tasks.drift import drift_report_task, emit_drift_event_task, fetch_s3_images_task, reference_profile_task
+from tasks.registry import fetch_champion_task
+
+
+def _keys(keys: list[str] | str | None) -> list[str] | None:
+    """Event triggers render parameters as text: accept a JSON list too."""
+    if isinstance(keys, str):
+        parsed = json.loads(keys) if keys.strip().startswith("[") else [keys]
+        return [str(k) for k in parsed]
+    return keys
+
+
+@flow(name="drift", log_prints=True)
+def drift(
+    folder: str | None = None,
+    bucket: str | None = None,
+    keys: list[str] | str | None = None,
+    prefix: str = "field-images/",
+) -> dict[str, Any]:
+    """Field images from ``folder``, or from ``bucket`` (``keys``, else everything under ``prefix``).
+
+    With neither, the configured S3 bucket (``DRYWALL_S3_BUCKET``) under ``prefix`` is used, or
+    else the folder ``$DRYWALL_HOME/field-images``.
+    """
+    settings = get_settings()
+    if not folder and not bucket:
+        bucket = settings.s3_bucket
+        folder = None if bucket else str(Path(settings.home).resolve() / "field-images")
+    work = run_dir("drift")
+    current = folder or fetch_s3_images_task(bucket, _keys(keys), prefix, str(work / "images"))
+    champion = fetch_champion_task(str(work / "champion"))
+    profile = reference_profile_task(champion)
+    run_id = str(flow_run.get_id() or "local")
+    summary = drift_report_task(profile, current, str(work / "report"), run_id)
+    source = {"folder": folder, "bucket": bucket, "keys": _keys(keys), "prefix": prefix}
+    event_id = emit_drift_event_task(summary, champion["version"], source)
+    get_run_logger().info(
+        "drift %s (%.0f%% of features)",
+        "DETECTED" if summary["drift_detected"] else "not detected",
+        100 * summary["drifted_share"],
+    )
+    return {**summary, "event_id": event_id, "champion": champion["version"]}
