@@ -38,6 +38,7 @@ bench: setup
 	$(PY) -m bench.masks
 	$(PY) -m bench.train_epoch
 	$(PY) -m bench.predict
+	$(PY) -m bench.drift
 
 clean:
 	rm -rf .drywall .pytest_cache .ruff_cache

@@ -333,6 +333,28 @@ def drift(
         raise CheckFailed("drift detected")
 
 
+webhook_app = typer.Typer(no_args_is_help=True, help="Signed webhook receiver (Roboflow, S3 field images).")
+app.add_typer(webhook_app, name="webhook")
+
+
+@webhook_app.command("serve")
+def webhook_serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: settings, 8077).")] = None,
+) -> None:
+    """Serve POST /hooks/roboflow, POST /hooks/field-images and GET /healthz (needs PREFECT_API_URL)."""
+    import uvicorn
+
+    from deployments.webhook import app_from_environment  # HTTP + Prefect events live outside drywall_core
+
+    s = get_settings()
+    try:
+        application = app_from_environment()
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    uvicorn.run(application, host=host or s.webhook_host, port=port or s.webhook_port, log_level="info")
+
+
 @app.command()
 def demo() -> None:
     """Run the retrain flow end to end on embedded defaults (synthetic data, tiny model, local registry)."""

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     model_name: str = Field(default="clipseg-drywall", description="Registry name of the model.")
     gate: GateConfig = Field(default_factory=lambda: GateConfig())
 
+    # Webhook receiver
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC secret of signed deliveries.")
+    webhook_previous_secret: SecretStr | None = Field(
+        default=None, description="Also accepted while senders move to a rotated secret."
+    )
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 8077
+
     # Drift
     drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted features that means drift.")
 

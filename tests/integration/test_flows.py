@@ -96,3 +96,48 @@ def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model
     evals = [k for k in reg.store.list(f"{reg.root}/evaluations/")]
     assert len(evals) == 1
     assert json.loads(reg.store.get_bytes(evals[0]))["version"] == first["version"]
+
+
+def test_drift_flow_reports_and_emits_on_drift(
+    prefect_api, artifact_dir: Path, drywall_export: Path, cracks_export: Path, tmp_path: Path
+) -> None:
+    import shutil
+    import time
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from drywall_core.drift import PROFILE_FILE, find_images, write_reference_profile
+    from flows.drift import drift
+    from tasks.registry import registry
+
+    art = tmp_path / "artifact"
+    shutil.copytree(artifact_dir, art)
+    write_reference_profile(find_images(drywall_export / "train"), art / PROFILE_FILE)
+    reg = registry()
+    version = reg.publish(art)["version"]
+    reg.promote(version, None)
+    assert PROFILE_FILE in reg.show(version)["files"]
+
+    calm = drift(folder=str(drywall_export / "valid"))
+    assert calm["drift_detected"] is False and calm["event_id"] is None and calm["champion"] == version
+
+    state = drift(folder=str(cracks_export), return_state=True)
+    result = state.result()
+    assert result["drift_detected"] is True and result["event_id"]
+    arts = _artifacts(state.state_details.flow_run_id)
+    assert {"drift-report", "drift-json", "drift-summary"} <= set(arts)
+    assert "DRIFT DETECTED" in arts["drift-summary"].data
+
+    api = PREFECT_API_URL.value()
+    for _ in range(40):
+        r = httpx.post(
+            f"{api}/events/filter",
+            json={"filter": {"event": {"name": ["drywall.drift.detected"]}}, "limit": 50},
+            timeout=30,
+        )
+        found = [e for e in r.json()["events"] if e["id"] == result["event_id"]]
+        if found:
+            break
+        time.sleep(0.5)
+    assert found and found[0]["payload"]["champion"] == version

@@ -1,0 +1,163 @@
+"""Webhook receiver: signed deliveries in, exactly one Prefect event per delivery out.
+
+``POST /hooks/roboflow`` (a dataset version was published) -> ``drywall.dataset.published``;
+``POST /hooks/field-images`` (``{"bucket", "keys"}`` or an S3 event notification) ->
+``drywall.field-images.arrived``; ``GET /healthz``. The deployment triggers in
+``deployments/prefect.yaml`` turn the events into flow runs. Events are POSTed to the Prefect
+API (``$PREFECT_API_URL/events``) before the receiver answers 202, so an accepted delivery is
+never lost in a local queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from drywall_core.config import get_settings
+from drywall_core.webhooks import (
+    MAX_BODY_BYTES,
+    DeliveryStore,
+    SchemaError,
+    SignatureError,
+    parse_dataset,
+    parse_field_images,
+    verify,
+)
+
+log = logging.getLogger("drywall.webhook")
+Emitter = Callable[[str, str, dict[str, Any]], str]
+
+
+def prefect_emitter(api_url: str, api_key: str | None = None, timeout: float = 10.0) -> Emitter:
+    """Send one event to the Prefect API and return its id (raises if the API refuses)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    client = httpx.Client(base_url=api_url.rstrip("/") + "/", headers=headers, timeout=timeout)
+
+    def emit(event: str, resource_id: str, payload: dict[str, Any]) -> str:
+        event_id = str(uuid.uuid4())
+        body = [
+            {
+                "id": event_id,
+                "occurred": datetime.now(UTC).isoformat(),
+                "event": event,
+                "resource": {"prefect.resource.id": resource_id, "prefect.resource.name": resource_id},
+                "payload": payload,
+            }
+        ]
+        r = client.post("events", json=body)
+        r.raise_for_status()
+        return event_id
+
+    return emit
+
+
+def create_app(secrets: list[str], store: DeliveryStore, emit: Emitter) -> FastAPI:
+    if not any(secrets):
+        raise ValueError("no webhook secret: set DRYWALL_WEBHOOK_SECRET")
+    app = FastAPI(title="drywall-qa webhook receiver", docs_url=None, redoc_url=None)
+
+    async def read_limited(request: Request) -> bytes | None:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return None
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return None
+        return bytes(body)
+
+    def refuse(status: int, why: str, request: Request) -> JSONResponse:
+        client = request.client.host if request.client else "?"
+        log.warning(
+            "refused %s %s from %s (delivery %s): %s",
+            request.method,
+            request.url.path,
+            client,
+            request.headers.get("x-drywall-delivery", "-"),
+            why,
+        )
+        return JSONResponse({"error": why}, status_code=status)
+
+    async def handle(
+        request: Request,
+        parse: Callable[[bytes], Any],
+        event: str,
+        describe: Callable[[Any], tuple[str, dict[str, Any]]],
+    ) -> JSONResponse:
+        body = await read_limited(request)
+        if body is None:
+            return refuse(413, f"body over {MAX_BODY_BYTES} bytes", request)
+        h = request.headers
+        try:
+            verify(secrets, h.get("x-drywall-timestamp"), h.get("x-drywall-signature"), body)
+        except SignatureError as exc:
+            return refuse(401, str(exc), request)
+        delivery = h.get("x-drywall-delivery", "").strip()
+        if not delivery or len(delivery) > 200:
+            return refuse(422, "missing or oversized X-Drywall-Delivery header", request)
+        try:
+            parsed = parse(body)
+        except SchemaError as exc:
+            return refuse(422, str(exc), request)
+        resource, payload = describe(parsed)
+
+        def send() -> dict[str, Any]:
+            event_id = emit(event, resource, {**payload, "delivery": delivery})
+            log.info("delivery %s -> %s %s", delivery, event, event_id)
+            return {"event_id": event_id, "event": event, "delivery": delivery}
+
+        try:
+            outcome = store.process(delivery, send)
+        except Exception as exc:  # noqa: BLE001 - the sender should retry later
+            log.error("delivery %s: could not emit %s: %s", delivery, event, exc)
+            return JSONResponse({"error": "could not record the event; retry later"}, status_code=503)
+        return JSONResponse(outcome.body, status_code=outcome.status)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "deliveries": store.count()}
+
+    @app.post("/hooks/roboflow")
+    async def roboflow(request: Request) -> JSONResponse:
+        return await handle(
+            request,
+            parse_dataset,
+            "drywall.dataset.published",
+            lambda d: (f"drywall.dataset.{d.workspace}.{d.project}", d.model_dump()),
+        )
+
+    @app.post("/hooks/field-images")
+    async def field_images(request: Request) -> JSONResponse:
+        return await handle(
+            request,
+            parse_field_images,
+            "drywall.field-images.arrived",
+            lambda f: (
+                "drywall.field-images",
+                {"bucket": f.bucket, "keys": f.keys, "keys_json": json.dumps(f.keys), "count": len(f.keys)},
+            ),
+        )
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app as ``drywall webhook serve`` runs it: secrets, store and Prefect API from settings."""
+    s = get_settings()
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise ValueError("PREFECT_API_URL is not set: the receiver needs a Prefect server to send events to")
+    secrets = [x.get_secret_value() for x in (s.webhook_secret, s.webhook_previous_secret) if x]
+    store = DeliveryStore(Path(s.home) / "webhooks" / "deliveries.sqlite")
+    return create_app(secrets, store, prefect_emitter(api_url, os.environ.get("PREFECT_API_KEY")))

@@ -1,0 +1,235 @@
+"""The webhook receiver over real HTTP (uvicorn) against a real Prefect server with the deployments."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from drywall_core.webhooks import sign
+from tests.conftest import REPO
+from tests.integration.prefect_server import PrefectServer, free_port
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+SECRET = "whsec-test-7f3a9c"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Prefect server + pools + deployments (with their triggers) + the receiver on loopback."""
+    tmp = tmp_path_factory.mktemp("webhook-stack")
+    server = PrefectServer(tmp / "prefect").start()
+    env = {
+        **server.env(),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "DRYWALL_REPO": str(REPO),
+        "DRYWALL_HOME": str(tmp / "home"),
+        "DRYWALL_WEBHOOK_SECRET": SECRET,
+    }
+    for cmd in (
+        ["bash", "deployments/create-pools.sh"],
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+    ):
+        r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    port = free_port()
+    log = tmp / "receiver.log"
+    proc = subprocess.Popen(
+        [str(BIN / "drywall"), "webhook", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp,
+        stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the receiver
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        raise RuntimeError(log.read_text())
+    yield {"url": url, "api": server.api_url, "log": log, "proc": proc}
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(20)
+    server.stop()
+
+
+def post(
+    url: str,
+    path: str,
+    body: bytes,
+    delivery: str | None = None,
+    secret: str = SECRET,
+    ts: int | None = None,
+    signature: str | None = None,
+) -> httpx.Response:
+    stamp = str(ts if ts is not None else int(time.time()))
+    headers = {
+        "X-Drywall-Timestamp": stamp,
+        "X-Drywall-Delivery": delivery or str(uuid.uuid4()),
+        "X-Drywall-Signature": signature or sign(secret, stamp, body),
+        "Content-Type": "application/json",
+    }
+    return httpx.post(f"{url}{path}", content=body, headers=headers, timeout=30)
+
+
+def events(api: str, name: str) -> list[dict]:
+    """Every stored event of that name (the API pages by 50)."""
+    r = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"name": [name]}}, "limit": 50}, timeout=30)
+    r.raise_for_status()
+    page = r.json()
+    out = list(page["events"])
+    while page.get("next_page"):
+        page = httpx.get(page["next_page"], timeout=30).json()
+        out += page["events"]
+    return [e for e in out if e["event"] == name]
+
+
+def wait_for(fn, timeout: float = 30.0, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def flow_runs(api: str, deployment: str) -> list[dict]:
+    dep = httpx.get(f"{api}/deployments/name/{deployment}", timeout=30).json()
+    r = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}, timeout=30)
+    return r.json()
+
+
+def test_signed_delivery_becomes_one_event_and_a_triggered_run(stack) -> None:
+    body = json.dumps({"workspace": "site-qa", "project": "cracks-3ii36", "version": 7}).encode()
+    r = post(stack["url"], "/hooks/roboflow", body, delivery="rf-delivery-1")
+    assert r.status_code == 202, r.text
+    event_id = r.json()["event_id"]
+    got = wait_for(lambda: [e for e in events(stack["api"], "drywall.dataset.published") if e["id"] == event_id])
+    assert got and got[0]["payload"]["version"] == 7 and got[0]["payload"]["delivery"] == "rf-delivery-1"
+    assert got[0]["resource"]["prefect.resource.id"] == "drywall.dataset.site-qa.cracks-3ii36"
+
+    runs = wait_for(lambda: flow_runs(stack["api"], "retrain/retrain-nightly"), timeout=60)
+    assert runs, "the deployment trigger created a retrain run"
+    source = runs[0]["parameters"]["sources"][0]
+    assert (source["kind"], source["workspace"], source["project"], str(source["version"])) == (
+        "roboflow",
+        "site-qa",
+        "cracks-3ii36",
+        "7",
+    )
+
+    again = post(stack["url"], "/hooks/roboflow", body, delivery="rf-delivery-1")
+    assert again.status_code == 200 and again.json()["event_id"] == event_id
+    time.sleep(2)
+    assert (
+        len(
+            [
+                e
+                for e in events(stack["api"], "drywall.dataset.published")
+                if e["payload"].get("delivery") == "rf-delivery-1"
+            ]
+        )
+        == 1
+    )
+
+
+def test_s3_notification_triggers_the_drift_deployment(stack) -> None:
+    note = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "field"}, "object": {"key": "site+7/img%231.jpg"}},
+            }
+        ]
+    }
+    r = post(stack["url"], "/hooks/field-images", json.dumps(note).encode())
+    assert r.status_code == 202, r.text
+    runs = wait_for(lambda: flow_runs(stack["api"], "drift/drift-daily"), timeout=60)
+    assert runs and runs[0]["parameters"]["bucket"] == "field"
+    assert json.loads(runs[0]["parameters"]["keys"]) == ["site 7/img#1.jpg"]
+
+
+@pytest.mark.parametrize("case", ["no-signature", "wrong-signature", "wrong-secret", "stale", "future"])
+def test_unauthenticated_deliveries_are_401(stack, case: str) -> None:
+    body = b'{"workspace": "w", "project": "p", "version": 1}'
+    now = int(time.time())
+    kwargs = {
+        "no-signature": {"signature": ""},
+        "wrong-signature": {"signature": "sha256=" + "0" * 64},
+        "wrong-secret": {"secret": "not-the-secret"},
+        "stale": {"ts": now - 301},
+        "future": {"ts": now + 400},
+    }[case]
+    if case == "no-signature":
+        r = httpx.post(
+            f"{stack['url']}/hooks/roboflow",
+            content=body,
+            timeout=10,
+            headers={"X-Drywall-Delivery": "x", "X-Drywall-Timestamp": str(now)},
+        )
+    else:
+        r = post(stack["url"], "/hooks/roboflow", body, **kwargs)
+    assert r.status_code == 401, r.text
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b'{"workspace": "w"}', b'{"workspace": "w", "project": "p", "version": "seven"}', b"[1, 2]"]
+)
+def test_malformed_or_wrong_schema_is_422(stack, body: bytes) -> None:
+    assert post(stack["url"], "/hooks/roboflow", body).status_code == 422
+
+
+def test_oversized_body_is_413(stack) -> None:
+    body = json.dumps({"bucket": "b", "keys": ["k" * 1000] * 1100}).encode()
+    assert len(body) > 1 << 20
+    assert post(stack["url"], "/hooks/field-images", body).status_code == 413
+
+
+def test_concurrent_deliveries_exactly_one_event_each(stack) -> None:
+    ids = [f"burst-{i}-{uuid.uuid4().hex[:6]}" for i in range(40)]
+    jobs = ids + ids  # 80 deliveries, each id twice
+
+    def send(delivery: str) -> httpx.Response:
+        body = json.dumps({"bucket": "burst", "keys": [f"{delivery}.jpg"]}).encode()
+        return post(stack["url"], "/hooks/field-images", body, delivery=delivery)
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(send, jobs))
+    assert sorted(r.status_code for r in responses) == [200] * 40 + [202] * 40
+    by_id: dict[str, set[str]] = {}
+    for d, r in zip(jobs, responses, strict=True):
+        by_id.setdefault(d, set()).add(r.json()["event_id"])
+    assert all(len(v) == 1 for v in by_id.values()), "both copies of a delivery got the same event id"
+
+    def burst_events() -> list[dict]:
+        return [
+            e for e in events(stack["api"], "drywall.field-images.arrived") if e["payload"].get("bucket") == "burst"
+        ]
+
+    wait_for(lambda: len(burst_events()) >= 40, timeout=30)
+    time.sleep(1)
+    got = burst_events()
+    assert len(got) == 40
+    assert {e["payload"]["delivery"] for e in got} == set(ids)
+
+
+def test_receiver_stays_up_and_never_logs_the_secret(stack) -> None:
+    assert httpx.get(f"{stack['url']}/healthz", timeout=5).json()["status"] == "ok"
+    assert stack["proc"].poll() is None
+    log = stack["log"].read_text()
+    assert "refused POST /hooks/roboflow" in log
+    assert SECRET not in log

@@ -1,0 +1,74 @@
+"""`drywall drift` on the real photos, and unreadable files skipped with their reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from drywall_core.drift import IMAGE_FEATURES, extract_features, find_images, image_features
+
+
+def test_no_drift_between_drywall_train_and_valid(cli, drywall_export: Path, tmp_path: Path) -> None:
+    r = cli("drift", "--reference", drywall_export / "train", "--current", drywall_export / "valid", "--out", tmp_path)
+    assert r.code == 0, r.out + r.err
+    body = json.loads((tmp_path / "drift.json").read_text())
+    assert body["drift_detected"] is False
+    assert body["n_reference"] == 820 and body["n_current"] == 100 and body["skipped"] == []
+    assert 0 <= body["drifted_share"] < 0.5
+    assert (tmp_path / "drift.html").stat().st_size > 10_000
+
+
+def test_drift_between_drywall_and_cracks(cli, drywall_export: Path, cracks_export: Path, tmp_path: Path) -> None:
+    r = cli("drift", "--reference", drywall_export / "train", "--current", cracks_export, "--out", tmp_path)
+    assert r.code == 1, "drift detected is a failed check"
+    body = json.loads((tmp_path / "drift.json").read_text())
+    assert body["drift_detected"] is True and body["drifted_share"] >= 0.5
+    assert body["n_current"] == 124
+    assert "brightness_mean" in body["columns"]
+    assert "drift DETECTED" in r.out
+
+
+def test_unreadable_files_are_skipped_with_reasons(cli, drywall_export: Path, tmp_path: Path, monkeypatch) -> None:
+    current = tmp_path / "current" / "nested"
+    current.mkdir(parents=True)
+    good = sorted((drywall_export / "valid").glob("*.jpg"))[:12]
+    for p in good:
+        shutil.copy(p, current / p.name)
+    (current / "empty.jpg").write_bytes(b"")
+    (current / "truncated.jpg").write_bytes(good[0].read_bytes()[:2000])
+    (current / "notes.png").write_text("this is not a png")
+    Image.fromarray(np.zeros((2100, 2100, 3), np.uint8)).save(current / "huge.png")
+    (current / "readme.txt").write_text("ignored: not an image extension")
+    monkeypatch.setenv("DRYWALL_MAX_IMAGE_PIXELS", "4000000")
+    out = tmp_path / "out"
+    r = cli("drift", "--reference", drywall_export / "train", "--current", tmp_path / "current", "--out", out)
+    assert r.code in (0, 1), r.err
+    body = json.loads((out / "drift.json").read_text())
+    reasons = {Path(s["path"]).name: s["reason"] for s in body["skipped"]}
+    assert set(reasons) == {"empty.jpg", "truncated.jpg", "notes.png", "huge.png"}
+    assert "0 bytes" in reasons["empty.jpg"]
+    assert "not a readable image" in reasons["truncated.jpg"] and "not a readable image" in reasons["notes.png"]
+    assert "over the 4000000-pixel limit" in reasons["huge.png"]
+    assert body["n_current"] == 12
+    for name in reasons:
+        assert f"{name}: skipped" in r.err
+
+
+def test_features_are_sane(drywall_export: Path) -> None:
+    path = sorted((drywall_export / "valid").glob("*.jpg"))[0]
+    f = image_features(path)
+    assert set(f) == set(IMAGE_FEATURES)
+    assert f["width"] == 640 and f["aspect_ratio"] == 1.0
+    assert 0 < f["brightness_mean"] < 1 and f["sharpness_laplacian_var"] > 0
+    table = extract_features(find_images(drywall_export / "valid")[:8], workers=2, progress=False)
+    serial = extract_features(find_images(drywall_export / "valid")[:8], workers=1, progress=False)
+    assert table.frame.equals(serial.frame)
+
+
+def test_missing_folder_is_usage_error(cli, tmp_path: Path) -> None:
+    r = cli("drift", "--reference", tmp_path / "nope", "--current", tmp_path, "--out", tmp_path / "o")
+    assert r.code == 2 and "image folder not found" in r.err
