@@ -141,3 +141,40 @@ def test_drift_flow_reports_and_emits_on_drift(
             break
         time.sleep(0.5)
     assert found and found[0]["payload"]["champion"] == version
+
+
+def test_retrain_and_drift_on_the_s3_store(
+    prefect_api, s3_server, tiny_model_dir: Path, drywall_export: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Production-like storage: registry, reports and field images in S3 (SeaweedFS on loopback)."""
+    from drywall_core.config import get_settings
+    from drywall_core.storage import S3Store
+    from flows.common import Source
+    from flows.drift import drift
+    from flows.retrain import retrain
+    from tasks.registry import registry
+
+    prefix = f"run-{tmp_path.name}"
+    for k, v in {**s3_server.env(), "DRYWALL_S3_PREFIX": prefix}.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+
+    state = retrain(
+        sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=GOOD, return_state=True
+    )
+    result = state.result()
+    assert result["promoted"], result["reason"]
+    reg = registry()
+    assert isinstance(reg.store, S3Store)
+    assert reg.champion_version() == result["version"]
+    keys = reg.store.list(f"models/{reg.name}/versions/{result['version']}/")
+    assert {k.rsplit("/", 1)[-1] for k in keys} >= {"decoder.safetensors", "manifest.json", "reference_profile.parquet"}
+    grid = _artifacts(state.state_details.flow_run_id)["retrain-best-worst"]
+    assert grid.type == "image" and grid.data.startswith(s3_server.endpoint), "a presigned S3 URL"
+
+    field = S3Store(s3_server.bucket, "", s3_server.client())
+    for p in sorted((drywall_export / "valid").glob("*.jpg"))[:20]:
+        field.put_file(p, f"{prefix}-field/day1/{p.name}")
+    out = drift(bucket=s3_server.bucket, prefix=f"{prefix}-field/day1/")
+    assert out["n_current"] == 20 and out["champion"] == result["version"]
+    assert out["drift_detected"] is True, "real drywall photos against a synthetic-wall reference"

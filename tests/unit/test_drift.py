@@ -72,3 +72,32 @@ def test_features_are_sane(drywall_export: Path) -> None:
 def test_missing_folder_is_usage_error(cli, tmp_path: Path) -> None:
     r = cli("drift", "--reference", tmp_path / "nope", "--current", tmp_path, "--out", tmp_path / "o")
     assert r.code == 2 and "image folder not found" in r.err
+
+
+def test_model_signals(cli, drywall_export: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    ref, cur = tmp_path / "ref", tmp_path / "cur"
+    ref.mkdir()
+    cur.mkdir()
+    imgs = sorted((drywall_export / "valid").glob("*.jpg"))
+    for p in imgs[:10]:
+        shutil.copy(p, ref / p.name)
+    for p in imgs[10:20]:
+        shutil.copy(p, cur / p.name)
+    r = cli(
+        "drift",
+        "--reference",
+        ref,
+        "--current",
+        cur,
+        "--out",
+        tmp_path / "o",
+        "--model",
+        tiny_model_dir,
+        "--prompt",
+        "segment crack",
+        "--prompt",
+        "segment taping area",
+    )
+    assert r.code in (0, 1), r.err
+    cols = json.loads((tmp_path / "o" / "drift.json").read_text())["columns"]
+    assert {"fg_fraction__segment_crack", "confidence__segment_crack", "fg_fraction__segment_taping_area"} <= set(cols)
