@@ -355,6 +355,49 @@ def webhook_serve(
     uvicorn.run(application, host=host or s.webhook_host, port=port or s.webhook_port, log_level="info")
 
 
+stack_app = typer.Typer(no_args_is_help=True, help="The local production-like stack on loopback.")
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Prefect server + UI, S3 (SeaweedFS), cpu/gpu workers and the webhook receiver; deploy."""
+    from drywall_core.stack import Stack
+
+    stack = Stack(get_settings())
+    state = stack.up()
+    env = stack.public_env(state)
+    verb = "already running" if state.get("already_running") else "up"
+    typer.echo(
+        f"stack {verb}: Prefect UI http://127.0.0.1:{state['prefect_port']}  S3 {env['DRYWALL_S3_ENDPOINT_URL']}"
+        f"  webhook {env['DRYWALL_WEBHOOK_URL']}"
+    )
+    typer.echo(f"environment: source {stack.env_file}")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop exactly what `stack up` started and free its ports."""
+    from drywall_core.stack import Stack
+
+    stopped = Stack(get_settings()).down()
+    typer.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """What runs where."""
+    from drywall_core.stack import Stack
+
+    rows = Stack(get_settings()).status()
+    for r in rows:
+        state = "up" if r["answers"] else ("running, not answering" if r["running"] else "down")
+        where = f"127.0.0.1:{r['port']}" if r["port"] else ""
+        typer.echo(f"{r['component']:<15} {state:<24} pid {r['pid'] or '-':<8} {where}")
+    if not all(r["answers"] for r in rows):
+        raise CheckFailed("not every part of the stack is up")
+
+
 @app.command()
 def demo() -> None:
     """Run the retrain flow end to end on embedded defaults (synthetic data, tiny model, local registry)."""

@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 8077
 
+    # Local stack (drywall stack up): loopback ports
+    stack_prefect_port: int = 4200
+    stack_s3_port: int = 8333
+    stack_database_url: str | None = Field(
+        default=None, description="PostgreSQL URL for the stack's Prefect server (SQLite when unset)."
+    )
+
     # Drift
     drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted features that means drift.")
 
