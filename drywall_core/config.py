@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         default=None, description="PostgreSQL URL for the stack's Prefect server (SQLite when unset)."
     )
 
+    # Fan-out stages (mask rendering, drift features): Prefect's default runner, or Dask
+    task_runner: Literal["default", "dask"] = Field(default="default", description="'dask': a local Dask cluster.")
+    dask_address: str | None = Field(default=None, description="Scheduler of an existing Dask cluster (implies dask).")
+    dask_workers: int = Field(default=0, ge=0, description="Workers of the local Dask cluster; 0 = all cores.")
+
     # Drift
     drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted features that means drift.")
 

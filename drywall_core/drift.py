@@ -95,6 +95,17 @@ def image_features(path: Path, max_pixels: int = 64_000_000) -> dict[str, float]
     }
 
 
+def features_chunk(paths: list[str], max_pixels: int) -> list[tuple[str, dict | None, str | None]]:
+    """Features of a batch of images: (path, features or None, reason skipped or None)."""
+    return _features_chunk(paths, max_pixels)
+
+
+def table_from_results(results: list[tuple[str, dict | None, str | None]]) -> FeatureTable:
+    rows = [{"path": p, **f} for p, f, _ in results if f is not None]
+    skipped = [{"path": p, "reason": why} for p, f, why in results if f is None]
+    return FeatureTable(pd.DataFrame(rows, columns=["path", *IMAGE_FEATURES]), skipped)
+
+
 def _features_chunk(paths: list[str], max_pixels: int) -> list[tuple[str, dict | None, str | None]]:
     out = []
     for p in paths:
@@ -130,10 +141,7 @@ def extract_features(
                 results += part
                 bar.update(len(part))
     bar.close()
-    rows = [{"path": p, **f} for p, f, _ in results if f is not None]
-    skipped = [{"path": p, "reason": why} for p, f, why in results if f is None]
-    frame = pd.DataFrame(rows, columns=["path", *IMAGE_FEATURES])
-    return FeatureTable(frame, skipped)
+    return table_from_results(results)
 
 
 def add_model_signals(table: FeatureTable, loaded: Any, prompts: Sequence[str], batch_size: int = 8) -> None:

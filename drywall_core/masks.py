@@ -116,41 +116,69 @@ def _write_manifest(out_dir: Path, manifest: dict[str, str]) -> None:
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, sort_keys=True))
 
 
-def render_masks(export: Export, out_dir: Path, workers: int = 0, chunk: int = 32, progress: bool = True) -> MaskStats:
-    """Render every image's mask under ``out_dir``; unchanged ones are skipped, stale ones removed."""
+@dataclass
+class MaskPlan:
+    """What a render has to do: pending jobs, and the manifest it updates as they finish."""
+
+    out_dir: Path
+    todo: list[MaskJob]
+    total: int
+    removed: int
+    manifest: dict[str, str]
+
+    def chunks(self, size: int) -> list[list[MaskJob]]:
+        return [self.todo[i : i + size] for i in range(0, len(self.todo), size)]
+
+    def record(self, outs: list[str]) -> None:
+        """Mark rendered outputs done in the manifest (in memory; :meth:`save` persists it)."""
+        fp = {j.out: j.fingerprint for j in self.todo}
+        for o in outs:
+            self.manifest[os.path.relpath(o, self.out_dir)] = fp[o]
+
+    def save(self) -> MaskStats:
+        _write_manifest(self.out_dir, self.manifest)
+        return MaskStats(len(self.todo), self.total - len(self.todo), self.removed, self.out_dir)
+
+
+def plan_masks(export: Export, out_dir: Path) -> MaskPlan:
+    """Compare the export with the manifest: pending jobs; masks of images gone from the export removed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest(out_dir)
     jobs = plan_jobs(export, out_dir)
     rel = {j.out: os.path.relpath(j.out, out_dir) for j in jobs}
     todo = [j for j in jobs if manifest.get(rel[j.out]) != j.fingerprint or not Path(j.out).is_file()]
-
     wanted = set(rel.values())
-    removed = 0
-    for stale in [k for k in manifest if k not in wanted]:
-        (out_dir / stale).unlink(missing_ok=True)
-        manifest.pop(stale)
-        removed += 1
+    stale = [k for k in manifest if k not in wanted]
+    for key in stale:
+        (out_dir / key).unlink(missing_ok=True)
+        manifest.pop(key)
+    return MaskPlan(out_dir, todo, len(jobs), len(stale), manifest)
 
+
+def render_chunk(jobs: list[MaskJob]) -> list[str]:
+    """Render and write a batch of masks; returns their paths (the unit of work of any executor)."""
+    return _render_chunk(jobs)
+
+
+def render_masks(export: Export, out_dir: Path, workers: int = 0, chunk: int = 32, progress: bool = True) -> MaskStats:
+    """Render every image's mask under ``out_dir``; unchanged ones are skipped, stale ones removed."""
+    plan = plan_masks(export, out_dir)
     workers = workers or os.cpu_count() or 1
-    chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
-    fp = {j.out: j.fingerprint for j in todo}
-    bar = tqdm(total=len(todo), desc="masks", unit="img", disable=None if progress and todo else True)
+    chunks = plan.chunks(chunk)
+    bar = tqdm(total=len(plan.todo), desc="masks", unit="img", disable=None if progress and plan.todo else True)
     try:
         if workers == 1 or len(chunks) <= 1:
             for c in chunks:
-                _done(manifest, rel, fp, _render_chunk(c), bar)
+                plan.record(_render_chunk(c))
+                bar.update(len(c))
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 for fut in as_completed([pool.submit(_render_chunk, c) for c in chunks]):
-                    _done(manifest, rel, fp, fut.result(), bar)
+                    outs = fut.result()
+                    plan.record(outs)
+                    bar.update(len(outs))
     finally:
         bar.close()
-        _write_manifest(out_dir, manifest)  # record what finished, even on failure
-    return MaskStats(len(todo), len(jobs) - len(todo), removed, out_dir)
-
-
-def _done(manifest: dict, rel: dict, fp: dict, outs: list[str], bar: tqdm) -> None:
-    for o in outs:
-        manifest[rel[o]] = fp[o]
-    bar.update(len(outs))
+        stats = plan.save()  # record what finished, even on failure
+    return stats

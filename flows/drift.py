@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 
 from drywall_core.config import get_settings
 from flows.common import run_dir
+from flows.fanout import drift_features_flow, run_fanout, use_dask
 from tasks.drift import drift_report_task, emit_drift_event_task, fetch_s3_images_task, reference_profile_task
 from tasks.registry import fetch_champion_task
 
@@ -48,7 +49,10 @@ def drift(
     champion = fetch_champion_task(str(work / "champion"))
     profile = reference_profile_task(champion)
     run_id = str(flow_run.get_id() or "local")
-    summary = drift_report_task(profile, current, str(work / "report"), run_id)
+    features = None
+    if use_dask():  # fan the feature extraction out over the Dask cluster
+        features = run_fanout(drift_features_flow, folder=current, out=str(work / "current_features.parquet"))
+    summary = drift_report_task(profile, current, str(work / "report"), run_id, features)
     source = {"folder": folder, "bucket": bucket, "keys": _keys(keys), "prefix": prefix}
     event_id = emit_drift_event_task(summary, champion["version"], source)
     get_run_logger().info(

@@ -14,6 +14,7 @@ from prefect import flow
 from drywall_core.config import get_settings
 from drywall_core.samples import masks_dir_for
 from flows.common import Source, data_dir, run_dir
+from flows.fanout import render_masks_flow, run_fanout, use_dask
 from tasks.artifacts import markdown
 from tasks.data import local_task, masks_task, pull_task, split_task, synthetic_task, validate_task
 
@@ -40,7 +41,12 @@ def ingest(sources: list[Source] | None = None) -> list[dict[str, Any]]:
     settings = get_settings()
     records = []
     for v in validated:
-        masks = masks_task(v["export"], str(masks_dir_for(settings, Path(v["export"]))))
+        masks_dir = str(masks_dir_for(settings, Path(v["export"])))
+        if use_dask():  # fan the rendering out over the Dask cluster
+            run_fanout(render_masks_flow, export=v["export"], out=masks_dir)
+            masks = masks_dir
+        else:
+            masks = masks_task(v["export"], masks_dir)
         split_file = str(Path(v["export"]) / "split.json")
         counts = split_task(v["export"], split_file)
         records.append({**v, "masks": masks, "split": split_file, "counts": counts})

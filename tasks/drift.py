@@ -40,9 +40,15 @@ def reference_profile_task(champion: dict[str, Any] | None) -> str:
 
 
 @task
-def drift_report_task(reference_profile: str, current_dir: str, out: str, run_id: str) -> dict[str, Any]:
+def drift_report_task(
+    reference_profile: str, current_dir: str, out: str, run_id: str, current_features: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``current_features`` (parquet path + skipped files) when a fan-out stage computed them already."""
     s = get_settings()
-    current = d.extract_features(d.find_images(Path(current_dir)), max_pixels=s.max_image_pixels, progress=False)
+    if current_features:
+        current = d.FeatureTable(d.load_profile(Path(current_features["features"])), current_features["skipped"])
+    else:
+        current = d.extract_features(d.find_images(Path(current_dir)), max_pixels=s.max_image_pixels, progress=False)
     result = d.run_drift(d.load_profile(Path(reference_profile)), current, Path(out), s.drift_share)
     sm = result.summary
     link(upload_report(result.html_path, run_id), "Evidently drift report (HTML)", "drift-report")

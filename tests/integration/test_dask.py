@@ -1,0 +1,55 @@
+"""Fan-out stages on a local Dask cluster through prefect-dask's task runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from drywall_core.drift import extract_features, find_images
+from drywall_core.exports import open_export
+from drywall_core.masks import render_masks
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def dask_settings(monkeypatch):
+    from drywall_core.config import get_settings
+
+    monkeypatch.setenv("DRYWALL_TASK_RUNNER", "dask")
+    monkeypatch.setenv("DRYWALL_DASK_WORKERS", "2")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_masks_and_drift_features_on_dask(prefect_api, dask_settings, drywall_export: Path, tmp_path: Path) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from flows.fanout import drift_features_flow, fanout_runner, render_masks_flow, run_fanout
+
+    assert isinstance(fanout_runner(), DaskTaskRunner)
+    out = run_fanout(render_masks_flow, export=str(drywall_export), out=str(tmp_path / "dask"), chunk=100)
+    assert out["rendered"] == 920
+    assert os.getpid() not in out["pids"], "chunks ran in Dask worker processes"
+    render_masks(open_export(drywall_export), tmp_path / "local", workers=1, progress=False)
+    for split in ("train", "valid"):
+        names = sorted(p.name for p in (tmp_path / "local" / split).glob("*.png"))
+        assert names == sorted(p.name for p in (tmp_path / "dask" / split).glob("*.png"))
+        for n in names[::50]:
+            a = np.asarray(Image.open(tmp_path / "local" / split / n))
+            assert np.array_equal(a, np.asarray(Image.open(tmp_path / "dask" / split / n)))
+    again = run_fanout(render_masks_flow, export=str(drywall_export), out=str(tmp_path / "dask"))
+    assert again["rendered"] == 0 and again["skipped"] == 920, "incremental on Dask too"
+
+    feats = run_fanout(drift_features_flow, folder=str(drywall_export / "valid"), out=str(tmp_path / "f.parquet"))
+    import pandas as pd
+
+    dask_frame = pd.read_parquet(feats["features"]).sort_values("path").reset_index(drop=True)
+    local = extract_features(find_images(drywall_export / "valid"), workers=1, progress=False).frame
+    pd.testing.assert_frame_equal(dask_frame, local.sort_values("path").reset_index(drop=True))
+    assert os.getpid() not in feats["pids"]
