@@ -216,12 +216,9 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
 ) -> None:
     """Fine-tune the CLIPSeg decoder on the frozen-activation cache, evaluate it, write the artifact."""
-    from drywall_core.drift import PROFILE_FILE, write_reference_profile
-    from drywall_core.evaluate import evaluate as run_eval
-    from drywall_core.evaluate import write_reports
     from drywall_core.model import load_model
+    from drywall_core.train import package_candidate
     from drywall_core.train import train as run_train
-    from drywall_core.train import write_artifact
 
     s = get_settings()
     overrides = {
@@ -233,14 +230,10 @@ def train(
     samples, specs = _samples(export, dataset)
     loaded = load_model(model or s.base_model)
     result = run_train(loaded, samples, specs, cfg, out, s.cache_root, resume=resume)
-    val = [x for x in samples if x.side == "val"]
-    metrics = run_eval(loaded, val, specs)
-    write_reports(loaded, val, specs, metrics, out / "eval")
-    write_reference_profile([x.image for x in samples if x.side == "train"], out / "model" / PROFILE_FILE)
-    write_artifact(loaded, out / "model", result.summary, metrics)
+    overall = package_candidate(loaded, samples, specs, result, out)["overall"]
     typer.echo(
-        f"best epoch {result.best_epoch}/{result.epochs_run}: val mIoU {metrics['overall']['miou']:.3f} "
-        f"(mean Dice {metrics['overall']['mean_dice']:.3f}) -> {out / 'model'}"
+        f"best epoch {result.best_epoch}/{result.epochs_run}: val mIoU {overall['miou']:.3f} "
+        f"(mean Dice {overall['mean_dice']:.3f}) -> {out / 'model'}"
     )
 
 

@@ -6,7 +6,6 @@ polygons, files) belong to :mod:`drywall_core.validation`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -14,6 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from drywall_core.errors import InputError
+from drywall_core.fsutil import sha256_file
+
+__all__ = [
+    "ANNOTATION_FILE",
+    "LINEAGE_FILE",
+    "Export",
+    "Split",
+    "missing_images",
+    "open_export",
+    "read_coco",
+    "sha256_file",
+]
 
 ANNOTATION_FILE = "_annotations.coco.json"
 LINEAGE_FILE = "drywall_lineage.json"
@@ -107,14 +118,6 @@ def open_export(root: Path) -> Export:
     for d in split_dirs:
         export.splits[d.name] = Split(name=d.name, dir=d, coco=read_coco(d / ANNOTATION_FILE))
     return export
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def missing_images(export: Export) -> list[str]:

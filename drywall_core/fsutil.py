@@ -5,6 +5,7 @@ Readers never see half a file, and a crash leaves the previous version (or nothi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,3 +36,12 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Streamed sha256 of a file (the checksum in lineage records, manifests and the registry)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from drywall_core.errors import CheckFailed, InputError
-from drywall_core.fsutil import atomic_open, atomic_write_text
+from drywall_core.fsutil import atomic_open, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,6 @@ def config_hash(config: Any) -> str:
         return d
 
     return hashlib.sha256(json.dumps(clean(config.to_dict()), sort_keys=True, default=str).encode()).hexdigest()
-
-
-def sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def real_size_config() -> Any:
@@ -281,7 +273,7 @@ def _weights_revision(folder: Path) -> str:
         raise InputError(f"{folder}: no model weights (*.safetensors or *.bin) found")
     h = hashlib.sha256()
     for f in files:
-        h.update(sha256_path(f).encode())
+        h.update(sha256_file(f).encode())
     return "sha256:" + h.hexdigest()[:16]
 
 
@@ -364,7 +356,7 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
         path = Path(folder) / name
         if not path.is_file():
             raise CheckFailed(f"{path}: listed in the manifest but missing")
-        if sha256_path(path) != digest:
+        if sha256_file(path) != digest:
             raise CheckFailed(f"{path}: checksum mismatch (corrupted or modified)")
 
 
@@ -387,7 +379,7 @@ def save_decoder(loaded: LoadedModel, out: Path, extra: dict[str, Any] | None = 
         f.write(save(decoder_state(loaded.model)))
     atomic_write_text(out / "config.json", loaded.model.config.to_json_string())
     extra = dict(extra or {})
-    files = {name: sha256_path(out / name) for name in [DECODER_FILE, "config.json", *extra.pop("files", [])]}
+    files = {name: sha256_file(out / name) for name in [DECODER_FILE, "config.json", *extra.pop("files", [])]}
     manifest = {
         "base_model": loaded.base_id,
         "base_revision": loaded.revision,

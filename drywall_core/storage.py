@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from drywall_core.errors import CheckFailed, DrywallError
-from drywall_core.fsutil import atomic_open
+from drywall_core.fsutil import atomic_open, sha256_file
 
 
 class Conflict(DrywallError):
@@ -37,14 +37,6 @@ class NotFound(DrywallError):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ArtifactStore(Protocol):

@@ -395,3 +395,33 @@ def write_artifact(
         p.name for p in out.iterdir() if p.is_file() and p.name not in (MANIFEST_FILE, DECODER_FILE, "config.json")
     )
     return save_decoder(loaded, out, extra)
+
+
+def package_candidate(
+    loaded: LoadedModel,
+    samples: Sequence[Sample],
+    specs: dict[str, DatasetSpec],
+    result: TrainResult,
+    out_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """After training: evaluate on the held-out sources, write the reports, the drift reference
+    profile (features of the training images) and the artifact. Returns the paths and metrics."""
+    from drywall_core.drift import PROFILE_FILE, write_reference_profile
+    from drywall_core.evaluate import evaluate, write_reports
+
+    out_dir = Path(out_dir)
+    val = [x for x in samples if x.side == "val"]
+    metrics = evaluate(loaded, val, specs, progress=progress)
+    reports = write_reports(loaded, val, specs, metrics, out_dir / "eval")
+    write_reference_profile([x.image for x in samples if x.side == "train"], out_dir / "model" / PROFILE_FILE)
+    write_artifact(loaded, out_dir / "model", result.summary, metrics)
+    return {
+        "artifact": str(out_dir / "model"),
+        "metrics": str(reports["metrics"]),
+        "table": str(reports["table"]),
+        "grid": str(reports["grid"]),
+        "curve": str(out_dir / "training_curve.png"),
+        "summary": result.summary,
+        "overall": metrics["overall"],
+    }

@@ -12,12 +12,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
 from drywall_core.config import get_settings
-from drywall_core.drift import PROFILE_FILE, write_reference_profile
 from drywall_core.evaluate import evaluate, write_reports
 from drywall_core.features import ActivationCache, CacheItem
 from drywall_core.model import load_model
 from drywall_core.samples import collect_samples
-from drywall_core.train import train, write_artifact
+from drywall_core.train import package_candidate, train
 from tasks.artifacts import artifact_key
 
 
@@ -86,19 +85,7 @@ def train_task(
         loaded, samples, specs, cfg, out_dir, s.cache_root, resume=resume, progress=False, on_epoch_end=on_epoch
     )
     update_progress_artifact(progress, 100.0, description=f"done: best epoch {result.best_epoch}")
-    val = [x for x in samples if x.side == "val"]
-    metrics = evaluate(loaded, val, specs, progress=False)
-    reports = write_reports(loaded, val, specs, metrics, out_dir / "eval")
-    write_reference_profile([x.image for x in samples if x.side == "train"], out_dir / "model" / PROFILE_FILE)
-    write_artifact(loaded, out_dir / "model", result.summary, metrics)
-    return {
-        "artifact": str(out_dir / "model"),
-        "metrics": str(reports["metrics"]),
-        "table": str(reports["table"]),
-        "grid": str(reports["grid"]),
-        "curve": str(out_dir / "training_curve.png"),
-        "summary": result.summary,
-    }
+    return package_candidate(loaded, samples, specs, result, out_dir, progress=False)
 
 
 @task
