@@ -104,6 +104,11 @@ class CacheItem:
     flip: bool = False
 
 
+def cache_items(samples: Sequence[Any], flip: bool) -> list[CacheItem]:
+    """What training reads: every image, plus the mirrored view of training images when ``flip``."""
+    return [CacheItem(s.image, f) for s in samples for f in ((False, True) if flip and s.side == "train" else (False,))]
+
+
 class ActivationCache:
     """Memory-mapped fp16 (or fp32) activation shards for one model fingerprint."""
 
@@ -152,17 +157,12 @@ class ActivationCache:
     ) -> dict[str, int]:
         """Encode every item not yet cached; returns counts. Safe to interrupt and call again."""
         keys = list(keys) if keys is not None else [image_key(it.path, it.flip) for it in items]
-        todo = list({k: (it, k) for it, k in self.missing(items, keys)}.values())
-        model = self.loaded.model
-        device = next(model.parameters()).device
+        todo = self.pending(items, keys)
         bar = tqdm(total=len(todo), desc="activation cache", unit="img", disable=None if progress and todo else True)
         try:
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
-                images = [load_rgb(it.path, it.flip) for it, _ in chunk]
-                with torch.no_grad():
-                    acts = encode_images(model, pixel_values(self.loaded, images).to(device))
-                self._write_shard([k for _, k in chunk], acts.cpu().numpy().astype(self.dtype))
+                self.register(*self.encode_shard(chunk))
                 bar.update(len(chunk))
                 if on_batch is not None:
                     on_batch(start // batch_size)
@@ -170,13 +170,32 @@ class ActivationCache:
             bar.close()
         return {"encoded": len(todo), "cached": len(items) - len(todo)}
 
-    def _write_shard(self, keys: list[str], arr: np.ndarray) -> None:
+    def pending(self, items: Sequence[CacheItem], keys: Sequence[str]) -> list[tuple[CacheItem, str]]:
+        """Items not cached yet, one per distinct key."""
+        return list({k: (it, k) for it, k in self.missing(items, keys)}.values())
+
+    def encode_shard(self, chunk: Sequence[tuple[CacheItem, str]]) -> tuple[str, list[str], list[int]]:
+        """Encode a batch through the frozen backbone and write it as one shard file (no index update).
+
+        Safe to run in many processes at once (unique shard names, atomic writes); the caller
+        records the result with :meth:`register`, the index's single writer.
+        """
+        model = self.loaded.model
+        device = next(model.parameters()).device
+        images = [load_rgb(it.path, it.flip) for it, _ in chunk]
+        with torch.no_grad():
+            acts = encode_images(model, pixel_values(self.loaded, images).to(device))
+        arr = acts.cpu().numpy().astype(self.dtype)
         name = f"shard-{uuid.uuid4().hex[:12]}.npy"
         with atomic_open(self.dir / name, "wb") as f:
             np.save(f, arr)
+        return name, [k for _, k in chunk], list(arr.shape[1:])
+
+    def register(self, shard: str, keys: list[str], shape: list[int]) -> None:
+        """Add a written shard to the index (atomically rewritten)."""
         for row, key in enumerate(keys):
-            self.entries[key] = [name, row]
-        self.index["shape"] = list(arr.shape[1:])
+            self.entries[key] = [shard, row]
+        self.index["shape"] = shape
         atomic_write_text(self.dir / INDEX, json.dumps(self.index))
 
     def _map(self, shard: str) -> np.ndarray:

@@ -7,16 +7,20 @@ chunks run on Dask workers through ``prefect-dask``'s task runner.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, task, unmapped
 
 from drywall_core import drift as d
 from drywall_core.config import get_settings
 from drywall_core.exports import open_export
+from drywall_core.features import ActivationCache, CacheItem, cache_items, image_key
 from drywall_core.masks import MaskJob, plan_masks, render_chunk
+from drywall_core.model import LoadedModel, load_model
+from drywall_core.samples import collect_samples
 
 
 def use_dask() -> bool:
@@ -86,6 +90,40 @@ def drift_features_flow(folder: str, out: str, chunk: int = 64) -> dict[str, Any
     table = d.table_from_results(results)
     d.save_profile(table.frame, Path(out))
     return {"features": out, "skipped": table.skipped, "pids": sorted(pids)}
+
+
+@functools.lru_cache(maxsize=2)
+def _model(ref: str) -> LoadedModel:
+    """One copy of the frozen model per worker process, reused by every chunk it encodes."""
+    return load_model(ref)
+
+
+@task
+def encode_shard_task(base_model: str, chunk: list[tuple[str, bool, str]], dtype: str) -> dict[str, Any]:
+    cache = ActivationCache(get_settings().cache_root, _model(base_model), dtype)
+    shard, keys, shape = cache.encode_shard([(CacheItem(Path(p), f), k) for p, f, k in chunk])
+    return {"shard": shard, "keys": keys, "shape": shape, "pid": os.getpid()}
+
+
+@flow(name="activation-cache")
+def activation_cache_flow(
+    exports: list[str], base_model: str, datasets: list[str] | None = None, chunk: int = 16
+) -> dict[str, Any]:
+    """Encode the pending images in parallel chunks; this flow is the index's single writer."""
+    s = get_settings()
+    samples, _ = collect_samples([Path(e) for e in exports], s, datasets)
+    items = cache_items(samples, s.train.flip)
+    keys = [image_key(it.path, it.flip) for it in items]
+    cache = ActivationCache(s.cache_root, _model(base_model), s.train.cache_dtype)
+    todo = [(str(it.path), it.flip, k) for it, k in cache.pending(items, keys)]
+    chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+    futures = encode_shard_task.map(unmapped(base_model), chunks, unmapped(s.train.cache_dtype))
+    pids = set()
+    for fut in futures:
+        r = fut.result()
+        cache.register(r["shard"], r["keys"], r["shape"])
+        pids.add(r["pid"])
+    return {"encoded": len(todo), "cached": len(items) - len(todo), "pids": sorted(pids)}
 
 
 def run_fanout(fn: Any, **kwargs: Any) -> Any:

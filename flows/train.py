@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.fanout import activation_cache_flow, run_fanout, use_dask
 from tasks.model import activation_cache_task, train_task
 
 
@@ -22,5 +23,8 @@ def train_flow(
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    activation_cache_task(exports, base_model, datasets)
+    if use_dask():  # encode on the Dask cluster, one chunk of images per task
+        run_fanout(activation_cache_flow, exports=exports, base_model=base_model, datasets=datasets)
+    else:
+        activation_cache_task(exports, base_model, datasets)
     return train_task(exports, base_model, out, datasets, overrides, resume)

@@ -13,7 +13,7 @@ from prefect.context import TaskRunContext
 
 from drywall_core.config import get_settings
 from drywall_core.evaluate import evaluate, write_reports
-from drywall_core.features import ActivationCache, CacheItem
+from drywall_core.features import ActivationCache, cache_items
 from drywall_core.model import load_model
 from drywall_core.samples import collect_samples
 from drywall_core.train import package_candidate, train
@@ -41,11 +41,7 @@ def activation_cache_task(exports: list[str], base_model: str, datasets: list[st
     s = get_settings()
     samples, _ = _samples(exports, datasets)
     loaded = load_model(base_model)
-    items = [
-        CacheItem(x.image, flip)
-        for x in samples
-        for flip in ((False, True) if s.train.flip and x.side == "train" else (False,))
-    ]
+    items = cache_items(samples, s.train.flip)
     stats = ActivationCache(s.cache_root, loaded, s.train.cache_dtype).build(
         items, s.train.cache_batch_size, progress=False
     )

@@ -53,3 +53,35 @@ def test_masks_and_drift_features_on_dask(prefect_api, dask_settings, drywall_ex
     local = extract_features(find_images(drywall_export / "valid"), workers=1, progress=False).frame
     pd.testing.assert_frame_equal(dask_frame, local.sort_values("path").reset_index(drop=True))
     assert os.getpid() not in feats["pids"]
+
+
+def test_activation_cache_encoding_on_dask(
+    prefect_api, dask_settings, tiny_model_dir: Path, synthetic_exports: list[Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from drywall_core.config import get_settings
+    from drywall_core.features import ActivationCache, cache_items, image_key
+    from drywall_core.model import load_model
+    from drywall_core.samples import collect_samples
+    from flows.fanout import activation_cache_flow, run_fanout
+
+    exports = [str(e) for e in synthetic_exports]
+    out = run_fanout(activation_cache_flow, exports=exports, base_model=str(tiny_model_dir), chunk=24)
+    settings = get_settings()
+    samples, _ = collect_samples(synthetic_exports, settings)
+    items = cache_items(samples, settings.train.flip)
+    assert (
+        out["encoded"] == len({image_key(i.path, i.flip) for i in items})
+        and out["cached"] == len(items) - out["encoded"]
+    )
+    assert os.getpid() not in out["pids"] and len(out["pids"]) >= 1
+    again = run_fanout(activation_cache_flow, exports=exports, base_model=str(tiny_model_dir))
+    assert again["encoded"] == 0, "the index the flow wrote is complete"
+
+    loaded = load_model(tiny_model_dir)
+    keys = [image_key(i.path, i.flip) for i in items]
+    dask_cache = ActivationCache(settings.cache_root, loaded, settings.train.cache_dtype)
+    local = ActivationCache(tmp_path / "local", loaded, settings.train.cache_dtype)
+    local.build(items, progress=False)
+    assert torch.allclose(dask_cache.get(keys), local.get(keys), rtol=1e-3, atol=1e-3)
