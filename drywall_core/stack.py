@@ -239,7 +239,8 @@ class Stack:
                 text=True,
                 timeout=300,
             )
-            (self.dir / "logs" / "deploy.log").open("a").write(r.stdout + r.stderr)
+            with (self.dir / "logs" / "deploy.log").open("a") as log:
+                log.write(r.stdout + r.stderr)
             if r.returncode != 0:
                 raise StackError(f"{' '.join(cmd[-3:])} failed: {(r.stderr or r.stdout).strip()[-500:]}")
 
