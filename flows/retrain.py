@@ -16,16 +16,17 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from drywall_core.config import get_settings
-from drywall_core.storage import LocalStore, store_from_settings
+from drywall_core.storage import LocalStore
 from flows.common import Source, run_dir
 from flows.ingest import ingest
 from flows.train import train_flow
 from tasks.artifacts import image, link, markdown, upload_report
-from tasks.model import evaluate_task, read_metrics
-from tasks.registry import fetch_champion_task, gate_task, promote_task, publish_task
+from tasks.model import evaluate_task
+from tasks.registry import fetch_champion_task, gate_task, promote_task, publish_task, registry
 
 
-def comparison_table(candidate: dict[str, Any], champion: dict[str, Any] | None, decision: dict[str, Any]) -> str:
+def comparison_table(decision: dict[str, Any]) -> str:
+    """Candidate beside champion per prompt, with the verdict: all of it is in the gate's decision."""
     lines = ["| prompt | candidate mIoU | candidate Dice | champion mIoU | champion Dice |", "|---|---|---|---|---|"]
     for row in decision["rows"]:
         champ = (
@@ -89,14 +90,15 @@ def retrain(
 
     run_id = str(flow_run.get_id() or "local")
     markdown(
-        comparison_table(read_metrics(result["metrics"]), champion, decision),
+        comparison_table(decision),
         "retrain-gate",
         f"candidate {record['version']} vs champion {champion['version'] if champion else '(none)'}",
     )
     urls = {name: upload_report(Path(result[name]), run_id) for name in ("metrics", "table", "grid", "curve")}
     link(urls["metrics"], "candidate metrics.json", "retrain-metrics", "per-prompt metrics, sweep, robustness")
     link(urls["curve"], "training curve", "retrain-training-curve")
-    if isinstance(store_from_settings(settings), LocalStore):  # a browser will not render file:// images
+    reg = registry()
+    if isinstance(reg.store, LocalStore):  # a browser will not render file:// images
         link(urls["grid"], "best/worst predictions (PNG)", "retrain-best-worst")
     else:  # presigned S3 URL
         image(urls["grid"], "retrain-best-worst", "best and worst validation predictions (image | truth | prediction)")
@@ -105,7 +107,7 @@ def retrain(
         "version": record["version"],
         "promoted": outcome["promoted"],
         "reason": outcome["reason"],
-        "champion": store_from_settings(settings).url + f"/models/{settings.model_name}/aliases/champion.json",
+        "champion": f"{reg.store.url}/{reg.alias_key}",
         "candidate_metrics": result["metrics"],
         "reports": str(work),
         "previous_champion": champion["version"] if champion else None,
