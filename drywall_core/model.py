@@ -74,13 +74,15 @@ class LoadedModel:
     @property
     def fingerprint(self) -> str:
         """Identity of everything the frozen activations depend on."""
-        return hashlib.sha256(
-            f"{self.base_id}|{self.revision}|{self.config_hash}|{self.image_size}".encode()
-        ).hexdigest()[:16]
+        return fingerprint_of(self.base_id, self.revision, self.model.config, self.image_size)
 
     def threshold_for(self, prompt: str) -> float:
         """Decision threshold: the prompt's best validation threshold in a fine-tuned artifact, else 0.5."""
         return float(self.manifest.get("metrics", {}).get("thresholds", {}).get(prompt, 0.5))
+
+
+def fingerprint_of(base_id: str, revision: str, config: Any, image_size: int) -> str:
+    return hashlib.sha256(f"{base_id}|{revision}|{config_hash(config)}|{image_size}".encode()).hexdigest()[:16]
 
 
 def config_hash(config: Any) -> str:
@@ -295,25 +297,50 @@ def load_base(ref: str = BASE_MODEL_ID, revision: str | None = None, seed: int =
         model = CLIPSegForImageSegmentation(real_size_config())
         processor = make_processor(tiny_tokenizer(), image_size=352)
         return LoadedModel(freeze_backbone(model), processor, RANDOM_REAL, f"random-seed-{seed}")
-    local = Path(ref)
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise InputError(f"{local}: not a CLIPSeg model folder (no config.json)")
-        revision_id = _weights_revision(local)
-        base_id = str(local.resolve())
-    elif local.exists() or ref.startswith((".", "/")):
-        raise InputError(f"{ref}: model folder not found")
-    else:
-        base_id, revision_id = ref, revision or "main"
+    base_id, revision_id = _base_identity(ref, revision)
     try:
         model = CLIPSegForImageSegmentation.from_pretrained(ref, revision=revision)
         processor = load_processor(ref, revision)
     except OSError as exc:
         raise InputError(f"{ref}: cannot load CLIPSeg model ({exc})") from exc
-    commit = getattr(model.config, "_commit_hash", None)
-    if not local.is_dir() and commit:
-        revision_id = commit
-    return LoadedModel(freeze_backbone(model), processor, base_id, revision_id)
+    return LoadedModel(freeze_backbone(model), processor, base_id, _hub_commit(ref, model.config, revision_id))
+
+
+def _base_identity(ref: str, revision: str | None) -> tuple[str, str]:
+    """(base id, revision) of a hub id or local folder; a folder's revision is its weights' sha256."""
+    local = Path(ref)
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise InputError(f"{local}: not a CLIPSeg model folder (no config.json)")
+        return str(local.resolve()), _weights_revision(local)
+    if local.exists() or ref.startswith((".", "/")):
+        raise InputError(f"{ref}: model folder not found")
+    return ref, revision or "main"
+
+
+def _hub_commit(ref: str, config: Any, revision_id: str) -> str:
+    """A hub model's resolved commit, when the hub told us; local folders keep their weights hash."""
+    commit = getattr(config, "_commit_hash", None)
+    return commit if commit and not Path(ref).is_dir() else revision_id
+
+
+def base_fingerprint(ref: str, revision: str | None = None, seed: int = 0) -> str:
+    """``load_base(ref).fingerprint`` from the config files alone, without instantiating the model.
+
+    For cache keys: a real-size model is 150 M parameters to build just to learn its identity.
+    """
+    from transformers import CLIPSegConfig, ViTImageProcessorPil
+
+    if ref == RANDOM_REAL:
+        return fingerprint_of(RANDOM_REAL, f"random-seed-{seed}", real_size_config(), 352)
+    base_id, revision_id = _base_identity(ref, revision)
+    try:
+        config = CLIPSegConfig.from_pretrained(ref, revision=revision)
+        size = ViTImageProcessorPil.from_pretrained(ref, revision=revision).size
+    except OSError as exc:
+        raise InputError(f"{ref}: cannot read CLIPSeg config ({exc})") from exc
+    image_size = int(size.get("height") or size.get("shortest_edge"))
+    return fingerprint_of(base_id, _hub_commit(ref, config, revision_id), config, image_size)
 
 
 def is_artifact(ref: str | Path) -> bool:

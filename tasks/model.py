@@ -14,7 +14,7 @@ from prefect.context import TaskRunContext
 from drywall_core.config import get_settings
 from drywall_core.evaluate import evaluate, write_reports
 from drywall_core.features import ActivationCache, cache_items
-from drywall_core.model import load_model
+from drywall_core.model import base_fingerprint, load_model
 from drywall_core.samples import collect_samples
 from drywall_core.train import package_candidate, train
 from tasks.artifacts import artifact_key
@@ -26,9 +26,8 @@ def _samples(exports: list[str], datasets: list[str] | None):
 
 def _cache_key(_ctx: TaskRunContext, params: dict[str, Any]) -> str:
     """Model fingerprint + dtype + flip + the content of every image: a change anywhere rebuilds."""
-    loaded = load_model(params["base_model"])
     s = get_settings()
-    h = hashlib.sha256(f"{loaded.fingerprint}|{s.train.cache_dtype}|{s.train.flip}".encode())
+    h = hashlib.sha256(f"{base_fingerprint(params['base_model'])}|{s.train.cache_dtype}|{s.train.flip}".encode())
     samples, _ = _samples(params["exports"], params.get("datasets"))
     for sample in sorted(samples, key=lambda x: str(x.image)):
         h.update(hashlib.sha256(sample.image.read_bytes()).digest())

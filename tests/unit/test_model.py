@@ -132,3 +132,13 @@ def test_decoder_state_is_a_copy(tiny_model_dir: Path) -> None:
         for k, v in loaded.model.decoder.state_dict().items()
         if v.is_floating_point() and v.numel()
     )
+
+
+def test_base_fingerprint_matches_the_loaded_model(tiny_model_dir: Path) -> None:
+    """Cache keys use the weights-free fingerprint; it must equal the loaded model's."""
+    from drywall_core.model import RANDOM_REAL, base_fingerprint, load_base
+
+    assert base_fingerprint(str(tiny_model_dir)) == load_model(tiny_model_dir).fingerprint
+    assert base_fingerprint(RANDOM_REAL) == load_base(RANDOM_REAL).fingerprint
+    other = init_tiny(tiny_model_dir.parent / "fp-other", seed=5)
+    assert base_fingerprint(str(other)) != base_fingerprint(str(tiny_model_dir))
