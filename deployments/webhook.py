@@ -10,6 +10,7 @@ never lost in a local queue.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -26,9 +27,12 @@ from fastapi.responses import JSONResponse
 from drywall_core.config import get_settings
 from drywall_core.webhooks import (
     MAX_BODY_BYTES,
+    DeliveryBusy,
+    DeliveryConflict,
     DeliveryStore,
     SchemaError,
     SignatureError,
+    fingerprint,
     parse_dataset,
     parse_field_images,
     verify,
@@ -38,7 +42,11 @@ log = logging.getLogger("drywall.webhook")
 Emitter = Callable[[str, str, dict[str, Any]], str]
 
 
-def prefect_emitter(api_url: str, api_key: str | None = None, timeout: float = 10.0) -> Emitter:
+EMIT_TIMEOUT_S = 5.0  # well inside the delivery lease, so a slow API cannot cause a double emission
+HEALTH_TIMEOUT_S = 1.0
+
+
+def prefect_emitter(api_url: str, api_key: str | None = None, timeout: float = EMIT_TIMEOUT_S) -> Emitter:
     """Send one event to the Prefect API and return its id (raises if the API refuses)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     client = httpx.Client(base_url=api_url.rstrip("/") + "/", headers=headers, timeout=timeout)
@@ -61,14 +69,16 @@ def prefect_emitter(api_url: str, api_key: str | None = None, timeout: float = 1
     return emit
 
 
-def create_app(secrets: list[str], store: DeliveryStore, emit: Emitter) -> FastAPI:
+def create_app(secrets: list[str], store: DeliveryStore, emit: Emitter, health_url: str | None = None) -> FastAPI:
+    """The receiver. Storage and emission run in worker threads, so a slow Prefect API delays only
+    its own delivery: other deliveries and ``/healthz`` are answered meanwhile."""
     if not any(secrets):
         raise ValueError("no webhook secret: set DRYWALL_WEBHOOK_SECRET")
     app = FastAPI(title="drywall-qa webhook receiver", docs_url=None, redoc_url=None)
 
     async def read_limited(request: Request) -> bytes | None:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        if declared and (len(declared) > 12 or (declared.isdigit() and int(declared) > MAX_BODY_BYTES)):
             return None
         body = bytearray()
         async for chunk in request.stream():
@@ -118,15 +128,29 @@ def create_app(secrets: list[str], store: DeliveryStore, emit: Emitter) -> FastA
             return {"event_id": event_id, "event": event, "delivery": delivery}
 
         try:
-            outcome = store.process(delivery, send)
+            outcome = await asyncio.to_thread(store.process, delivery, send, fingerprint(request.url.path, body))
+        except DeliveryConflict as exc:
+            return refuse(409, str(exc), request)
+        except DeliveryBusy as exc:
+            return refuse(503, str(exc), request)
         except Exception as exc:  # noqa: BLE001 - the sender should retry later
             log.error("delivery %s: could not emit %s: %s", delivery, event, exc)
             return JSONResponse({"error": "could not record the event; retry later"}, status_code=503)
         return JSONResponse(outcome.body, status_code=outcome.status)
 
+    async def prefect_reachable() -> bool | None:
+        if not health_url:
+            return None
+        try:
+            async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT_S) as client:
+                return (await client.get(health_url)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "deliveries": store.count()}
+    async def healthz() -> dict[str, Any]:
+        reachable, count = await asyncio.gather(prefect_reachable(), asyncio.to_thread(store.count))
+        return {"status": "ok", "prefect_api_reachable": reachable, "deliveries": count}
 
     @app.post("/hooks/roboflow")
     async def roboflow(request: Request) -> JSONResponse:
@@ -160,4 +184,5 @@ def app_from_environment() -> FastAPI:
         raise ValueError("PREFECT_API_URL is not set: the receiver needs a Prefect server to send events to")
     secrets = [x.get_secret_value() for x in (s.webhook_secret, s.webhook_previous_secret) if x]
     store = DeliveryStore(Path(s.home) / "webhooks" / "deliveries.sqlite")
-    return create_app(secrets, store, prefect_emitter(api_url, os.environ.get("PREFECT_API_KEY")))
+    emit = prefect_emitter(api_url, os.environ.get("PREFECT_API_KEY"))
+    return create_app(secrets, store, emit, health_url=api_url.rstrip("/") + "/health")

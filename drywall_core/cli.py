@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,7 @@ from typing import Annotated
 import typer
 
 from drywall_core.config import get_settings
-from drywall_core.errors import CheckFailed, DrywallError, InputError
+from drywall_core.errors import CheckFailed, DrywallError, InputError, Interrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -408,20 +409,37 @@ def _registry():
     from drywall_core.storage import store_from_settings
 
     s = get_settings()
-    return ModelRegistry(store_from_settings(s), s.model_name)
+    reg = ModelRegistry(store_from_settings(s), s.model_name)
+    _err(f"registry: {reg.store.url}/{reg.root}")  # where it looked, so an empty answer is not a mystery
+    return reg
 
 
 @registry_app.command("list")
 def registry_list() -> None:
-    """Versions, newest last, with the champion marked."""
+    """Versions, newest last, with the champion marked; unreadable records are named (exit 1)."""
+    from drywall_core.registry import CorruptRecord
+
     reg = _registry()
-    champion = reg.champion_version()
+    problems: list[str] = []
+    try:
+        champion = reg.champion_version()
+    except CorruptRecord as exc:
+        champion, problems = None, [str(exc)]
     for v in reg.versions():
-        m = reg.show(v).get("metrics", {})
+        try:
+            m = reg.show(v).get("metrics", {})
+        except CorruptRecord as exc:
+            problems.append(str(exc))
+            typer.echo(f"! {v}  unreadable")
+            continue
         mark = "*" if v == champion else " "
         typer.echo(f"{mark} {v}  mIoU {m.get('miou', float('nan')):.3f}  Dice {m.get('mean_dice', float('nan')):.3f}")
-    if not champion:
+    if not champion and not problems:
         typer.echo("(no champion)")
+    for line in problems:
+        _err(f"error: {line}")
+    if problems:
+        raise CheckFailed(f"{len(problems)} unreadable registry record(s)")
 
 
 @registry_app.command("show")
@@ -435,11 +453,24 @@ def registry_show(version: Annotated[str, typer.Argument(help="Version id, or 'c
 
 
 @registry_app.command("promote")
-def registry_promote(version: str, reason: Annotated[str, typer.Option(help="Why (audit log).")] = "manual") -> None:
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="Version id to make the champion.")],
+    reason: Annotated[str, typer.Option(help="Why (audit log).")] = "manual",
+    force: Annotated[
+        bool, typer.Option(help="Repair: replace the champion alias even if it is corrupt (audited).")
+    ] = False,
+) -> None:
     """Make VERSION the champion (verified, compare-and-swap), bypassing the gate; audited."""
     reg = _registry()
+    if force:
+        alias = reg.force_promote(version, reason=reason)
+        typer.echo(f"champion: {version} (forced; was {alias['previous'] or 'unreadable or none'})")
+        return
     current = reg.champion()
-    reg.promote(version, current[1] if current else None, reason=reason, action="manual-promote")
+    alias = reg.promote(version, current[1] if current else None, reason=reason, action="manual-promote")
+    if alias.get("unchanged"):
+        typer.echo(f"{version} is already the champion; nothing changed (rollback target stays {alias['previous']})")
+        return
     typer.echo(f"champion: {version}")
 
 
@@ -449,40 +480,74 @@ def registry_rollback(
 ) -> None:
     """Point the champion back at the previous (or a given) version; audited."""
     alias = _registry().rollback(to)
+    if alias.get("unchanged"):
+        typer.echo(f"{alias['version']} is already the champion; nothing changed")
+        return
     typer.echo(f"champion: {alias['version']} (was {alias['previous']})")
 
 
 @registry_app.command("audit")
-def registry_audit(last: int = 20) -> None:
+def registry_audit(
+    last: Annotated[int, typer.Option(help="How many of the newest entries to show.")] = 20,
+) -> None:
     """The last gate decisions, promotions and rollbacks."""
     for e in _registry().audit_log()[-last:]:
-        typer.echo(f"{e['at']}  {e['action']:<15} {e.get('version')}  {e.get('reason', '')}")
+        typer.echo(f"{e.get('at', '?')}  {e.get('action', '?'):<15} {e.get('version')}  {e.get('reason', '')}")
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def classify(exc: BaseException) -> DrywallError | None:
+    """The project error an exception means to the user, or None for a genuine bug.
+
+    One mechanism for every command: faults of the file system name the path and the fault
+    (exit 2, an unusable input or output location); project errors keep their own class.
+    """
+    if isinstance(exc, DrywallError):
+        return exc
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted("interrupted")
+    if isinstance(exc, OSError) and exc.filename is not None:
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        return InputError(f"{where}: {exc.strerror or type(exc).__name__}")
+    if isinstance(exc, MemoryError):
+        return DrywallError("out of memory (try a smaller --batch-size or fewer images at once)")
+    return None
 
 
 def main() -> None:
     """Console entry point: map project errors to exit codes and one-line messages."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("drywall_core").setLevel(logging.INFO)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
-        app(standalone_mode=False)
-    except DrywallError as exc:
-        _err(f"error: {exc}")
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        _err("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
+        rc = app(standalone_mode=False)
+        if rc == 130:  # typer turns KeyboardInterrupt into a returned exit code
+            raise KeyboardInterrupt
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except BaseException as exc:  # noqa: BLE001 - every way out of a command is mapped here
         import click
 
+        if isinstance(exc, SystemExit):
+            raise
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
-        if os.environ.get("DRYWALL_DEBUG"):
-            raise
-        _err(f"error: unexpected {type(exc).__name__}: {exc} (set DRYWALL_DEBUG=1 for the traceback)")
-        sys.exit(1)
+        if isinstance(exc, click.exceptions.Abort):
+            exc = KeyboardInterrupt()
+        known = classify(exc)
+        if known is None:
+            if os.environ.get("DRYWALL_DEBUG"):
+                raise
+            _err(f"error: unexpected {type(exc).__name__}: {exc} (a bug: set DRYWALL_DEBUG=1 for the traceback)")
+            sys.exit(1)
+        _err(str(known) if isinstance(known, Interrupted) else f"error: {known}")
+        sys.exit(known.exit_code)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from drywall_core.errors import InputError
 from drywall_core.fsutil import atomic_open, atomic_write_text
+from drywall_core.images import displayed_size, open_rgb
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 FEATURE_SIZE = 256  # texture features on a FEATURE_SIZE x FEATURE_SIZE copy
@@ -62,13 +63,9 @@ def image_features(path: Path, max_pixels: int = 64_000_000) -> dict[str, float]
     if size == 0:
         raise ValueError("empty file (0 bytes)")
     try:
+        rgb = open_rgb(path, max_pixels, draft=(FEATURE_SIZE * 2, FEATURE_SIZE * 2))
         with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ValueError(f"dimensions {w}x{h} over the {max_pixels}-pixel limit")
-            im.draft("RGB", (FEATURE_SIZE * 2, FEATURE_SIZE * 2))  # fast JPEG decode at reduced scale
-            rgb = im.convert("RGB")
-            rgb.load()
+            w, h = displayed_size(im)
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason to skip
@@ -153,7 +150,7 @@ def add_model_signals(table: FeatureTable, loaded: Any, prompts: Sequence[str], 
         slug = "_".join(prompt.split())
         frac, conf = [], []
         for i in range(0, len(paths), batch_size):
-            images = [Image.open(p).convert("RGB") for p in paths[i : i + batch_size]]
+            images = [open_rgb(p) for p in paths[i : i + batch_size]]
             for prob in predict_probs(loaded, images, prompt):
                 fg = prob >= 0.5
                 frac.append(float(fg.mean()))
@@ -183,10 +180,18 @@ def write_reference_profile(images: Sequence[Path], path: Path, workers: int = 0
 
 
 def load_profile(path: Path) -> pd.DataFrame:
+    """A reference profile written by :func:`save_profile`; anything else is named and refused."""
     try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: unreadable reference profile ({exc})") from exc
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any parquet reader failure means "not a profile"
+        raise InputError(f"{path}: unreadable reference profile ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in IMAGE_FEATURES if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: reference profile lacks feature columns: {', '.join(missing)}")
+    bad = [c for c in IMAGE_FEATURES if not pd.api.types.is_numeric_dtype(frame[c])]
+    if bad:
+        raise InputError(f"{path}: reference profile has non-numeric feature columns: {', '.join(bad)}")
+    return frame
 
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: float = 0.5) -> tuple[Any, dict]:

@@ -17,3 +17,13 @@ class CheckFailed(DrywallError):
     """The input was read but failed a check (validation, gate): exit 1."""
 
     exit_code = 1
+
+
+class OutputError(InputError):
+    """An output location that cannot be used (a file where a folder goes, not writable): exit 2."""
+
+
+class Interrupted(DrywallError):
+    """SIGINT or SIGTERM: exit 130, one line, nothing half-written left behind."""
+
+    exit_code = 130

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from drywall_core.datasets import DatasetSpec
 from drywall_core.features import decode, encode_images, pixel_values, text_embeddings
 from drywall_core.fsutil import atomic_open, atomic_write_text
+from drywall_core.images import open_rgb
 from drywall_core.metrics import THRESHOLDS, best_threshold, boundary_f1, dice, iou, sweep
 from drywall_core.model import LoadedModel
 from drywall_core.predict import predict_probs, upsample_probs
@@ -39,8 +40,7 @@ class ImageResult:
 
 
 def _load(sample: Sample) -> tuple[Image.Image, np.ndarray]:
-    with Image.open(sample.image) as im:
-        rgb = im.convert("RGB")
+    rgb = open_rgb(sample.image)
     with Image.open(sample.mask) as m:
         gt = np.asarray(m.convert("L")) > 127
     return rgb, gt

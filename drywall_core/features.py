@@ -29,7 +29,9 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from drywall_core.errors import InputError
 from drywall_core.fsutil import atomic_open, atomic_write_text
+from drywall_core.images import open_rgb
 from drywall_core.model import LoadedModel
 
 INDEX = "index.json"
@@ -70,6 +72,13 @@ def decode(model: Any, activations: torch.Tensor, conditional: torch.Tensor) -> 
 def text_embeddings(loaded: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
     """Conditional embeddings (P, projection_dim), one per distinct prompt."""
     tok = loaded.processor.tokenizer(list(prompts), padding=True, return_tensors="pt")
+    limit = loaded.model.config.text_config.max_position_embeddings
+    if tok["input_ids"].shape[1] > limit:
+        lengths = tok["attention_mask"].sum(dim=1).tolist()
+        worst = max(range(len(prompts)), key=lambda i: lengths[i])
+        raise InputError(
+            f"prompt '{prompts[worst][:60]}...' is {lengths[worst]} tokens; the model takes at most {limit}"
+        )
     device = next(loaded.model.parameters()).device
     with torch.no_grad():
         return loaded.model.get_conditional_embeddings(
@@ -84,8 +93,8 @@ def pixel_values(loaded: LoadedModel, images: Sequence[Image.Image]) -> torch.Te
 
 
 def load_rgb(path: Path, flip: bool = False) -> Image.Image:
-    with Image.open(path) as im:
-        rgb = im.convert("RGB")
+    """The image as displayed (EXIF orientation, 8-bit, pixel limit), mirrored for the flip view."""
+    rgb = open_rgb(path)
     return ImageOps.mirror(rgb) if flip else rgb
 
 

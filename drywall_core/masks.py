@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from drywall_core.exports import Export
-from drywall_core.fsutil import atomic_open, atomic_write_text
+from drywall_core.annotations import image_size, segmentation_problem, usable_entries
+from drywall_core.errors import InputError
+from drywall_core.exports import Export, Split
+from drywall_core.fsutil import atomic_open, atomic_write_text, ensure_dir, remove_stale_temps
+from drywall_core.procs import imap_processes
 
 MANIFEST = ".masks-manifest.json"
-RENDERER_VERSION = "1"  # bump when rasterisation changes, to invalidate every cached mask
+RENDERER_VERSION = "1"
+SAVE_EVERY_S = 2.0  # bump when rasterisation changes, to invalidate every cached mask
 
 
 @dataclass(frozen=True)
@@ -83,17 +87,50 @@ def _fingerprint(img: dict, anns: list[tuple[Any, Any]]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _split_jobs(split: Split, out_dir: Path) -> tuple[list[MaskJob], list[str]]:
+    """Jobs of one split, and what makes any of its entries unrenderable (the validator's own rules)."""
+    images, annotations, broken = usable_entries(split)
+    problems = [r["entry_error"] for r in broken]
+    sizes = {i["id"]: image_size(i) for i in images}
+    by_image: dict[Any, list[tuple[Any, Any]]] = {}
+    for a in annotations:
+        by_image.setdefault(a.get("image_id"), []).append((a.get("segmentation"), a.get("bbox")))
+        why = segmentation_problem(a, sizes.get(a.get("image_id")))
+        if why:
+            problems.append(f"annotation {a.get('id')}: {why}")
+    jobs, owner = [], {}
+    for img in images:
+        size = image_size(img)
+        name = img.get("file_name")
+        if size is None or not isinstance(name, str):
+            problems.append(f"image id {img.get('id')}: width/height or file_name missing or not usable")
+            continue
+        out = out_dir / split.name / f"{Path(name).stem}.png"
+        if out in owner:
+            problems.append(f"images '{owner[out]}' and '{name}' would both render to {out}")
+            continue
+        owner[out] = name
+        anns = by_image.get(img["id"], [])
+        jobs.append(MaskJob(str(out), size[0], size[1], tuple(anns), _fingerprint(img, anns)))
+    return jobs, problems
+
+
 def plan_jobs(export: Export, out_dir: Path) -> list[MaskJob]:
-    """One job per image of every split; output ``out_dir/<split>/<image stem>.png``."""
+    """One job per image of every split; output ``out_dir/<split>/<image stem>.png``.
+
+    Anything the validator would refuse as unrenderable is refused here too, by name, before
+    any mask is written: a mask is never silently wrong, missing or overwritten by another.
+    """
     jobs = []
     for split in export.splits.values():
-        by_image: dict[Any, list[tuple[Any, Any]]] = {}
-        for a in split.annotations:
-            by_image.setdefault(a.get("image_id"), []).append((a.get("segmentation"), a.get("bbox")))
-        for img in split.images:
-            anns = by_image.get(img["id"], [])
-            out = out_dir / split.name / f"{Path(img['file_name']).stem}.png"
-            jobs.append(MaskJob(str(out), int(img["width"]), int(img["height"]), tuple(anns), _fingerprint(img, anns)))
+        split_jobs, problems = _split_jobs(split, out_dir)
+        if problems:
+            shown = "; ".join(problems[:3])
+            raise InputError(
+                f"{split.annotation_path}: cannot render masks: {len(problems)} problem(s), e.g. {shown} "
+                "(drywall validate lists them all)"
+            )
+        jobs += split_jobs
     return jobs
 
 
@@ -125,6 +162,7 @@ class MaskPlan:
     total: int
     removed: int
     manifest: dict[str, str]
+    saved_at: float = field(default_factory=time.monotonic)
 
     def chunks(self, size: int) -> list[list[MaskJob]]:
         return [self.todo[i : i + size] for i in range(0, len(self.todo), size)]
@@ -135,6 +173,12 @@ class MaskPlan:
         for o in outs:
             self.manifest[os.path.relpath(o, self.out_dir)] = fp[o]
 
+    def save_every(self, seconds: float) -> None:
+        """Persist the manifest if the last save is older than ``seconds``."""
+        if time.monotonic() - self.saved_at >= seconds:
+            _write_manifest(self.out_dir, self.manifest)
+            self.saved_at = time.monotonic()
+
     def save(self) -> MaskStats:
         _write_manifest(self.out_dir, self.manifest)
         return MaskStats(len(self.todo), self.total - len(self.todo), self.removed, self.out_dir)
@@ -142,10 +186,10 @@ class MaskPlan:
 
 def plan_masks(export: Export, out_dir: Path) -> MaskPlan:
     """Compare the export with the manifest: pending jobs; masks of images gone from the export removed."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(export, Path(out_dir))
+    out_dir = ensure_dir(Path(out_dir))
+    remove_stale_temps(out_dir)  # left by a killed run
     manifest = _load_manifest(out_dir)
-    jobs = plan_jobs(export, out_dir)
     rel = {j.out: os.path.relpath(j.out, out_dir) for j in jobs}
     todo = [j for j in jobs if manifest.get(rel[j.out]) != j.fingerprint or not Path(j.out).is_file()]
     wanted = set(rel.values())
@@ -172,12 +216,15 @@ def render_masks(export: Export, out_dir: Path, workers: int = 0, chunk: int = 3
             for c in chunks:
                 plan.record(_render_chunk(c))
                 bar.update(len(c))
+                plan.save_every(SAVE_EVERY_S)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for fut in as_completed([pool.submit(_render_chunk, c) for c in chunks]):
-                    outs = fut.result()
-                    plan.record(outs)
-                    bar.update(len(outs))
+            for outs in imap_processes(_render_chunk, chunks, workers):
+                plan.record(outs)
+                bar.update(len(outs))
+                plan.save_every(SAVE_EVERY_S)  # a kill loses at most a few seconds of work
+    except BaseException:
+        remove_stale_temps(plan.out_dir)  # workers stopped mid-write leave nothing behind
+        raise
     finally:
         bar.close()
         stats = plan.save()  # record what finished, even on failure

@@ -25,6 +25,11 @@ from drywall_core.model import MANIFEST_FILE, read_manifest
 from drywall_core.storage import ArtifactStore, Conflict, IntegrityError, NotFound, sha256_bytes, sha256_file
 
 CHAMPION = "champion"
+REPAIR = "repair: drywall registry promote VERSION --force (audited)"
+
+
+class CorruptRecord(InputError):
+    """A registry file that exists but cannot be read as what it should be (exit 2)."""
 
 
 def now() -> str:
@@ -83,11 +88,27 @@ class ModelRegistry:
         keys = self.store.list(f"{self.root}/versions/")
         return sorted(k.split("/")[-2] for k in keys if k.endswith(suffix))
 
-    def show(self, version: str) -> dict[str, Any]:
+    def where(self, key: str) -> str:
+        return f"{self.store.url}/{key}"
+
+    def _record(self, key: str, data: bytes, must_have: tuple[str, ...]) -> dict[str, Any]:
+        """Parse a stored JSON record; a corrupt one names its file and the fault."""
         try:
-            return json.loads(self.store.get_bytes(self.version_key(version, MANIFEST_FILE)))
+            record = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptRecord(f"{self.where(key)}: corrupt JSON ({exc})") from None
+        missing = [k for k in must_have if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise CorruptRecord(f"{self.where(key)}: not a registry record (missing {', '.join(missing)})")
+        return record
+
+    def show(self, version: str) -> dict[str, Any]:
+        key = self.version_key(version, MANIFEST_FILE)
+        try:
+            data = self.store.get_bytes(key)
         except NotFound:
             raise InputError(f"model '{self.name}' has no version '{version}'") from None
+        return self._record(key, data, ("files",))
 
     def verify(self, version: str) -> dict[str, Any]:
         """Every file of the version is present with its recorded sha256 (downloads and hashes)."""
@@ -109,8 +130,14 @@ class ModelRegistry:
 
     # champion alias
     def champion(self) -> tuple[dict[str, Any], str] | None:
+        """The champion alias and its etag; a corrupt alias raises :class:`CorruptRecord` with the repair."""
         got = self.store.read_versioned(self.alias_key)
-        return None if got is None else (json.loads(got[0]), got[1])
+        if got is None:
+            return None
+        try:
+            return self._record(self.alias_key, got[0], ("version",)), got[1]
+        except CorruptRecord as exc:
+            raise CorruptRecord(f"{exc}; {REPAIR}") from None
 
     def champion_version(self) -> str | None:
         c = self.champion()
@@ -127,10 +154,14 @@ class ModelRegistry:
         """Move the champion alias to ``version`` if it still is what the caller saw (``expected`` etag).
 
         ``expected`` is None when the caller saw no champion. Raises :class:`Conflict` if another
-        run moved the alias in between. The version is verified before the alias moves.
+        run moved the alias in between. The version is verified before the alias moves. Promoting
+        the champion itself changes nothing (the rollback target is kept): the alias comes back
+        with ``unchanged`` set.
         """
         record = self.verify(version)
         current = self.champion()
+        if current and current[0]["version"] == version:
+            return {**current[0], "unchanged": True}
         previous = current[0]["version"] if current else None
         alias = {
             "version": version,
@@ -144,6 +175,28 @@ class ModelRegistry:
         else:
             self.store.replace(self.alias_key, body, expected)
         self.audit({"action": action, "version": version, "previous": previous, "reason": reason, "decision": decision})
+        return alias
+
+    def force_promote(self, version: str, reason: str = "manual repair") -> dict[str, Any]:
+        """Repair: point the champion at ``version`` whatever the alias holds now (even corrupt); audited."""
+        record = self.verify(version)
+        got = self.store.read_versioned(self.alias_key)
+        try:
+            previous = self.champion_version()
+        except CorruptRecord:
+            previous = None
+        alias = {
+            "version": version,
+            "sha256": sha256_bytes(json.dumps(record, sort_keys=True).encode()),
+            "promoted_at": now(),
+            "previous": previous if previous != version else None,
+        }
+        body = json.dumps(alias, indent=2).encode()
+        if got is None:
+            self.store.create(self.alias_key, body)
+        else:
+            self.store.replace(self.alias_key, body, got[1])
+        self.audit({"action": "forced-promote", "version": version, "previous": previous, "reason": reason})
         return alias
 
     def rollback(self, to: str | None = None, reason: str = "manual rollback") -> dict[str, Any]:
@@ -173,5 +226,17 @@ class ModelRegistry:
         raise Conflict(f"{self.audit_key}: could not append after {attempts} attempts")
 
     def audit_log(self) -> list[dict[str, Any]]:
+        """Every audit line; an unreadable line is kept as an ``unreadable`` entry naming it."""
         got = self.store.read_versioned(self.audit_key)
-        return [json.loads(x) for x in got[0].decode().splitlines() if x.strip()] if got else []
+        entries = []
+        for n, line in enumerate(got[0].decode(errors="replace").splitlines() if got else [], start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                entries.append(entry if isinstance(entry, dict) else {"value": entry})
+            except json.JSONDecodeError as exc:
+                entries.append(
+                    {"at": "?", "action": "unreadable", "reason": f"{self.where(self.audit_key)}:{n}: {exc}"}
+                )
+        return entries

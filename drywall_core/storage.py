@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from drywall_core.errors import CheckFailed, DrywallError
+from drywall_core.errors import CheckFailed, DrywallError, InputError
 from drywall_core.fsutil import atomic_open, sha256_file
 
 
@@ -65,7 +65,7 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         p = (self.root / key).resolve()
         if not p.is_relative_to(self.root):
-            raise ValueError(f"key escapes the store: {key}")
+            raise InputError(f"{key}: key escapes the store {self.url}")
         return p
 
     @contextmanager

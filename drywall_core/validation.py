@@ -23,7 +23,7 @@ from drywall_core.annotations import split_frame
 from drywall_core.config import Settings
 from drywall_core.datasets import DatasetRegistry, DatasetSpec
 from drywall_core.errors import InputError
-from drywall_core.exports import Export
+from drywall_core.exports import Export, Split
 from drywall_core.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,39 @@ def _checks() -> list[Check]:
         return f"annotation kind inconsistent with weak labels of '{c.spec.name}' (box only expected)"
 
     return [
+        Check(
+            "entry_is_object",
+            const("entry unusable"),
+            lambda _c: e.ExpectColumnValuesToBeNull(column="entry_error"),
+            "entries",
+            "entry_error",
+        ),
+        Check(
+            "file_name_inside_export",
+            const("file_name is not a relative path inside the export folder"),
+            lambda _c: e.ExpectColumnValuesToBeInSet(column="file_inside", value_set=[True]),
+            "images",
+        ),
+        Check(
+            "mask_name_unique",
+            const("two images share a file stem, so their masks would overwrite each other"),
+            lambda _c: e.ExpectColumnValuesToBeUnique(column="mask_name"),
+            "images",
+            "mask_name",
+        ),
+        Check(
+            "image_size_valid",
+            const("image width/height missing or not a positive whole number"),
+            lambda _c: e.ExpectColumnValuesToBeInSet(column="size_valid", value_set=[True]),
+            "images",
+            "size_raw",
+        ),
+        Check(
+            "segmentation_renderable",
+            const("segmentation cannot be rendered"),
+            lambda _c: e.ExpectColumnValuesToBeNull(column="seg_error"),
+            show="seg_error",
+        ),
         Check(
             "annotation_id_unique",
             const("duplicate annotation id"),
@@ -187,7 +220,8 @@ class Failure:
 
     def line(self, where: str) -> str:
         if self.count is None:
-            return f"{where}: {self.message}: observed {self.observed:.1%}"
+            seen = "nothing to measure" if self.observed is None else f"{self.observed:.1%}"
+            return f"{where}: {self.message}: observed {seen}"
         ex = "; ".join(self.examples)
         return f"{where}: {self.message}: {self.count} {self.unit}" + (f", e.g. {ex}" if ex else "")
 
@@ -218,12 +252,18 @@ class ValidationReport:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
+def _plain(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def _example(row: pd.Series, show: str | None) -> str:
+    if show == "entry_error":
+        return str(row.get("entry_error"))
     name = row.get("file_name")
-    parts = [f"image '{name}'" if isinstance(name, str) else f"image id {row.get('image_id')}"]
+    parts = [f"image '{name}'" if isinstance(name, str) else f"image id {_plain(row.get('image_id'))}"]
     ann = row.get("ann_id")
     if ann is not None and not (isinstance(ann, float) and pd.isna(ann)):
-        parts.append(f"annotation {int(ann) if float(ann).is_integer() else ann}")
+        parts.append(f"annotation {_plain(ann)}")
     if show and show not in ("image_id", "ann_id"):
         val = row.get(show)
         if isinstance(val, float) and val.is_integer():
@@ -316,6 +356,11 @@ def validate_export(
     results: list[SplitResult] = []
     for split in export.splits.values():
         df = split_frame(split, max_pixels=settings.max_image_pixels)
+        if not split.images:
+            # nothing to train or evaluate on; GX cannot measure an empty table either
+            empty = Failure("split_has_images", "split lists no images", 0, "images")
+            results.append(_split_result(split, df, [empty]))
+            continue
         known = [c.get("id") for c in split.categories if isinstance(c, dict)]
         ctx = CheckContext(spec=spec, known_category_ids=known, settings=settings)
         gx_results = runner.run(f"{spec.name}-{split.name}", df, [c.build(ctx) for c in checks])
@@ -338,17 +383,7 @@ def validate_export(
                     None if obs is None else float(obs),
                 )
             )
-        results.append(
-            SplitResult(
-                split=split.name,
-                annotation_file=str(split.annotation_path),
-                rows=len(df),
-                images=len(split.images),
-                annotations=len(split.annotations),
-                success=not failures,
-                failures=failures,
-            )
-        )
+        results.append(_split_result(split, df, failures))
     index = docs_dir / "index.html" if docs_dir else None
     return ValidationReport(
         export=str(export.root),
@@ -356,6 +391,18 @@ def validate_export(
         success=all(s.success for s in results),
         splits=results,
         data_docs=str(index) if index and index.exists() else None,
+    )
+
+
+def _split_result(split: Split, df: pd.DataFrame, failures: list[Failure]) -> SplitResult:
+    return SplitResult(
+        split=split.name,
+        annotation_file=str(split.annotation_path),
+        rows=len(df),
+        images=len(split.images),
+        annotations=len(split.annotations),
+        success=not failures,
+        failures=failures,
     )
 
 
@@ -370,7 +417,8 @@ def docs_dir_for(report_path: Path) -> Path:
 
 
 def fresh_docs_dir(report_path: Path) -> Path:
-    d = docs_dir_for(report_path)
+    """An empty Data Docs folder beside the report (absolute: GX refuses relative site folders)."""
+    d = docs_dir_for(Path(report_path).resolve())
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     return d

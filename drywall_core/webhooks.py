@@ -11,16 +11,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote_plus
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 REPLAY_WINDOW_S = 300
 MAX_BODY_BYTES = 1 << 20
@@ -50,36 +53,69 @@ def verify(
     """
     if not timestamp or not signature:
         raise SignatureError("missing signature or timestamp header")
-    try:
-        ts = int(timestamp)
-    except ValueError:
-        raise SignatureError("timestamp is not unix seconds") from None
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12) or len(signature) > 200:
+        raise SignatureError("timestamp is not unix seconds")  # bounded before any arithmetic
+    ts = int(timestamp)
     if abs((now if now is not None else time.time()) - ts) > window_s:
         raise SignatureError(f"timestamp outside the {window_s}s replay window")
     if not any(hmac.compare_digest(sign(s, timestamp, body), signature) for s in secrets if s):
         raise SignatureError("signature mismatch")
 
 
+SLUG = r"^[a-z0-9](?:[a-z0-9_-]{0,98}[a-z0-9])?$"  # Roboflow workspace/project slugs: safe as path parts
+BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"  # S3 bucket naming rules
+MAX_VERSION = 1_000_000
+
+
 class DatasetPublished(BaseModel):
-    workspace: str = Field(min_length=1, max_length=200)
-    project: str = Field(min_length=1, max_length=200)
-    version: int = Field(ge=1)
+    """Strict: no string, float or boolean is coerced to an integer; slugs before they become paths."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    workspace: str = Field(pattern=SLUG)
+    project: str = Field(pattern=SLUG)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class FieldImagesArrived(BaseModel):
-    bucket: str = Field(min_length=1, max_length=255)
-    keys: list[str] = Field(min_length=1, max_length=10_000)
+    model_config = ConfigDict(strict=True, extra="ignore")
+    bucket: str = Field(pattern=BUCKET)
+    keys: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(min_length=1, max_length=10_000)
 
 
 class SchemaError(Exception):
     """Malformed JSON or a body that does not fit the endpoint's schema (HTTP 422)."""
 
 
+MAX_DEPTH = 32
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, without recursion (so no input can exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            break
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SchemaError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise SchemaError("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python will convert
+        raise SchemaError(f"malformed JSON: {exc}") from None
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise SchemaError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
+    return data
 
 
 def parse_dataset(body: bytes) -> DatasetPublished:
@@ -100,7 +136,7 @@ def parse_field_images(body: bytes) -> FieldImagesArrived:
             buckets = {r["s3"]["bucket"]["name"] for r in records}
             if len(buckets) != 1:
                 raise SchemaError(f"S3 notification must name exactly one bucket, got {sorted(buckets)}")
-            keys = [unquote_plus(r["s3"]["object"]["key"]) for r in records]
+            keys = [unquote_plus(str(r["s3"]["object"]["key"])) for r in records]
             return FieldImagesArrived(bucket=buckets.pop(), keys=keys)
         return FieldImagesArrived.model_validate(data)
     except ValidationError as exc:
@@ -120,15 +156,38 @@ class Outcome:
     body: dict[str, Any]
 
 
+class DeliveryConflict(Exception):
+    """A delivery id already used for a different body or route (HTTP 409)."""
+
+
+class DeliveryBusy(Exception):
+    """Another live attempt holds the delivery's claim; the sender should retry (HTTP 503)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class DeliveryStore:
     """Delivery ids in SQLite: the first delivery of an id emits, repeats get the original answer.
 
-    Safe across threads and processes: the first ``INSERT`` of an id claims it; concurrent repeats
-    wait for the claim to finish. A failed emission releases the claim so the sender may retry.
+    The first ``INSERT`` of an id claims it with a lease (owner = host, pid and a per-store token;
+    expiry = now + ``lease_s``). A copy that finds a pending claim waits for it, but takes it over
+    as soon as the lease has expired or its owner process on this host is gone -- a receiver killed
+    mid-emission never wedges a delivery, and a restarted one reclaims it at once. A failed
+    emission releases the claim so the sender may retry. Each id is bound to the route and body
+    hash it first came with: the same id with another body is a conflict, not a duplicate.
     """
 
-    def __init__(self, path: Path, wait_s: float = 30.0) -> None:
-        self.path, self.wait_s = Path(path), wait_s
+    def __init__(self, path: Path, wait_s: float = 5.0, lease_s: float = 30.0) -> None:
+        self.path, self.wait_s, self.lease_s = Path(path), wait_s, lease_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db, db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -136,42 +195,81 @@ class DeliveryStore:
                 "CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, state TEXT NOT NULL, "
                 "response TEXT, received_at REAL NOT NULL)"
             )
+            cols = {r[1] for r in db.execute("PRAGMA table_info(deliveries)")}
+            for col, kind in (("fingerprint", "TEXT"), ("owner", "TEXT"), ("lease_until", "REAL")):
+                if col not in cols:  # stores written by an older receiver
+                    db.execute(f"ALTER TABLE deliveries ADD COLUMN {col} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30, isolation_level=None)
 
-    def process(self, delivery_id: str, emit: Callable[[], dict[str, Any]]) -> Outcome:
+    def _orphaned(self, owner: str | None, lease_until: float | None) -> bool:
+        """A claim nobody will finish: its lease ran out, or its process on this host is gone."""
+        if lease_until is None or time.time() >= lease_until:
+            return True
+        host, _, rest = (owner or "").partition(":")
+        pid = rest.partition(":")[0]
+        return host == socket.gethostname() and pid.isdigit() and owner != self.owner and not _alive(int(pid))
+
+    def _claim(self, db: sqlite3.Connection, delivery_id: str, fingerprint: str) -> bool:
+        """Insert a fresh claim, or take over an orphaned one; False if the id is taken."""
+        lease = time.time() + self.lease_s
+        try:
+            db.execute(
+                "INSERT INTO deliveries (id, state, received_at, fingerprint, owner, lease_until) "
+                "VALUES (?, 'pending', ?, ?, ?, ?)",
+                (delivery_id, time.time(), fingerprint, self.owner, lease),
+            )
+            return True
+        except sqlite3.IntegrityError:
+            pass
+        row = db.execute(
+            "SELECT state, fingerprint, owner, lease_until FROM deliveries WHERE id = ?", (delivery_id,)
+        ).fetchone()
+        if row is None:
+            return self._claim(db, delivery_id, fingerprint)  # released in between: try again
+        state, fp, owner, until = row
+        if fp and fingerprint and fp != fingerprint:
+            raise DeliveryConflict(f"delivery id {delivery_id} was already used for a different body or route")
+        if state == "pending" and self._orphaned(owner, until):
+            took = db.execute(
+                "UPDATE deliveries SET owner = ?, lease_until = ? WHERE id = ? AND state = 'pending' "
+                "AND owner IS ? AND lease_until IS ?",
+                (self.owner, lease, delivery_id, owner, until),
+            )
+            return took.rowcount == 1
+        return False
+
+    def process(self, delivery_id: str, emit: Callable[[], dict[str, Any]], fingerprint: str = "") -> Outcome:
         """Run ``emit`` once per delivery id, ever; return its answer for every copy of the delivery."""
         with closing(self._connect()) as db:
-            try:
-                db.execute(
-                    "INSERT INTO deliveries (id, state, received_at) VALUES (?, 'pending', ?)",
-                    (delivery_id, time.time()),
-                )
-            except sqlite3.IntegrityError:
-                return Outcome(200, {**self._wait_done(db, delivery_id), "duplicate": True})
+            deadline = time.monotonic() + self.wait_s
+            while not self._claim(db, delivery_id, fingerprint):
+                row = db.execute("SELECT state, response FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+                if row is not None and row[0] == "done":
+                    return Outcome(200, {**json.loads(row[1]), "duplicate": True})
+                if time.monotonic() > deadline:
+                    raise DeliveryBusy(f"delivery {delivery_id} is being processed by another attempt; retry")
+                time.sleep(0.02)
             try:
                 body = emit()
             except BaseException:
-                db.execute("DELETE FROM deliveries WHERE id = ? AND state = 'pending'", (delivery_id,))
+                db.execute(
+                    "DELETE FROM deliveries WHERE id = ? AND state = 'pending' AND owner = ?",
+                    (delivery_id, self.owner),
+                )
                 raise
             db.execute(
-                "UPDATE deliveries SET state = 'done', response = ? WHERE id = ?", (json.dumps(body), delivery_id)
+                "UPDATE deliveries SET state = 'done', response = ?, lease_until = NULL WHERE id = ?",
+                (json.dumps(body), delivery_id),
             )
             return Outcome(202, body)
-
-    def _wait_done(self, db: sqlite3.Connection, delivery_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            row = db.execute("SELECT state, response FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-            if row is None:
-                raise RuntimeError(f"delivery {delivery_id}: first attempt failed; retry")
-            if row[0] == "done":
-                return json.loads(row[1])
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"delivery {delivery_id} still in progress")
-            time.sleep(0.02)
 
     def count(self) -> int:
         with closing(self._connect()) as db:
             return db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'done'").fetchone()[0]
+
+
+def fingerprint(route: str, body: bytes) -> str:
+    """What a delivery id is bound to: the route and the exact body."""
+    return hashlib.sha256(route.encode() + b"\n" + body).hexdigest()

@@ -9,13 +9,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from drywall_core.errors import InputError
+from drywall_core.errors import InputError, OutputError
 
 
 def check_target(out: Path, overwrite: bool) -> None:
     """Refuse to clobber a non-empty folder unless asked to."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
+        raise OutputError(f"{out}: output folder is a file")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise OutputError(f"{out}: a parent of the output folder is a file")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
 
@@ -27,6 +29,9 @@ def staged_dir(out: Path, tag: str) -> Iterator[Path]:
     On any exception the temporary folder is removed and ``out`` is left as it was.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*-*"):  # left by a run that was killed outright
+        if stale.is_dir() and (stale.name.startswith(f".{out.name}.{tag}-") or ".old-" in stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.{tag}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:

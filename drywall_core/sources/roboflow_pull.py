@@ -16,6 +16,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 from drywall_core.errors import DrywallError, InputError
 from drywall_core.exports import missing_images, open_export
@@ -46,7 +47,12 @@ class _Redacting(io.TextIOBase):
 
 
 def redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+    """Mask ``secret`` in every form it travels in: raw, URL-encoded (path or query), form-encoded."""
+    if not secret:
+        return text
+    for form in sorted({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -66,7 +72,8 @@ def _download(workspace: str, project: str, version: int, dest: Path, api_key: s
     """One SDK download attempt into ``dest`` (SDK chatter to stderr, key masked)."""
     import roboflow
 
-    with contextlib.redirect_stdout(_Redacting(sys.stderr, api_key)):
+    err = _Redacting(sys.stderr, api_key)
+    with contextlib.redirect_stdout(err), contextlib.redirect_stderr(err):
         rf = roboflow.Roboflow(api_key=api_key)
         ver = rf.workspace(workspace).project(project).version(version)
         ver.download("coco", location=str(dest), overwrite=True)
@@ -93,14 +100,14 @@ def pull_roboflow(
     api_url: str | None = None,
 ) -> dict:
     """Download ``workspace/project/version`` as COCO into ``out``; returns the lineage record."""
+    out = Path(out)
+    check_target(out, overwrite)  # an unusable OUT is said before anything else
     if not api_key:
         raise InputError("no Roboflow API key: set DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY")
     if api_url:  # the SDK reads API_URL once, at import
         if "roboflow" in sys.modules and os.environ.get("API_URL") != api_url:
             log.warning("roboflow already imported; API_URL override %s ignored", api_url)
         os.environ["API_URL"] = api_url
-    out = Path(out)
-    check_target(out, overwrite)
     with staged_dir(out, "pull") as tmp:
         dest = tmp / "export"
         for attempt in range(retries + 1):

@@ -134,7 +134,8 @@ class FakeRoboflow:
                     )
                 if parts == [ws, proj, ver, "coco"]:
                     return self._json(200, {"export": {"link": f"{fake.url}/download/export.zip"}})
-                return self._json(404, {"error": {"message": f"not found: {path}"}})
+                # like many real servers, the 404 echoes the request line, query (and key) included
+                return self._json(404, {"error": {"message": f"not found: {self.path}"}})
 
             def _download(self) -> None:
                 fake.downloads += 1

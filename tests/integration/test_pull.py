@@ -152,3 +152,24 @@ def test_missing_key_is_usage_error(fake: FakeRoboflow, tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "no Roboflow API key" in r.stderr
+
+
+def test_key_is_masked_even_when_the_api_echoes_it(fake: FakeRoboflow, tmp_path: Path) -> None:
+    env = {**os.environ, "DRYWALL_ROBOFLOW_API_KEY": API_KEY, "DRYWALL_ROBOFLOW_API_URL": fake.url}
+    cmd = [str(DRYWALL), "pull", "--workspace", fake.workspace, "--project", "no-such-project", "--version", "1"]
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "not found" in r.stderr and "api_key=***" in r.stderr, r.stderr
+    assert API_KEY not in r.stdout + r.stderr
+
+
+def test_redact_covers_encoded_forms() -> None:
+    from urllib.parse import quote, quote_plus
+
+    from drywall_core.sources.roboflow_pull import redact
+
+    key = "k3y/with+odd=chars&more"
+    text = f"GET /ws?api_key={quote(key, safe='')} body={quote_plus(key)} raw={key} path=/{quote(key)}/x"
+    masked = redact(text, key)
+    for form in (key, quote(key, safe=""), quote_plus(key), quote(key)):
+        assert form not in masked
+    assert masked.count("***") == 4

@@ -52,10 +52,17 @@ def test_schemas() -> None:
     for bad in (b"{nope", b'{"workspace": "w"}', b'{"workspace": "w", "project": "p", "version": 0}', b"[]"):
         with pytest.raises(SchemaError):
             parse_dataset(bad)
-    f = parse_field_images(b'{"bucket": "b", "keys": ["a.jpg"]}')
-    assert f.bucket == "b" and f.keys == ["a.jpg"]
-    with pytest.raises(SchemaError):
-        parse_field_images(b'{"bucket": "b", "keys": []}')
+    f = parse_field_images(b'{"bucket": "field-images", "keys": ["a.jpg"]}')
+    assert f.bucket == "field-images" and f.keys == ["a.jpg"]
+    for bad in (
+        b'{"bucket": "field-images", "keys": []}',
+        b'{"bucket": "b", "keys": ["a.jpg"]}',  # shorter than S3 allows
+        b'{"bucket": "Field_Images", "keys": ["a.jpg"]}',
+        b'{"bucket": "field-images", "keys": [""]}',
+        b'{"bucket": "field-images", "keys": [7]}',
+    ):
+        with pytest.raises(SchemaError):
+            parse_field_images(bad)
 
 
 def test_s3_event_notification() -> None:
@@ -113,3 +120,17 @@ def test_failed_emission_can_be_retried(tmp_path: Path) -> None:
     assert out.status == 202 and out.body == {"event_id": "e1"}
     again = store.process("x", lambda: {"event_id": "e2"})
     assert again.status == 200 and again.body["event_id"] == "e1"
+
+
+def test_delivery_id_is_bound_to_its_body(tmp_path: Path) -> None:
+    from drywall_core.webhooks import DeliveryConflict, fingerprint
+
+    store = DeliveryStore(tmp_path / "d.sqlite")
+    first = fingerprint("/hooks/roboflow", BODY)
+    assert store.process("x", lambda: {"event_id": "e1"}, first).status == 202
+    assert store.process("x", lambda: {"event_id": "e2"}, first).status == 200
+    with pytest.raises(DeliveryConflict, match="different body or route"):
+        store.process("x", lambda: {"event_id": "e3"}, fingerprint("/hooks/roboflow", BODY + b" "))
+    with pytest.raises(DeliveryConflict):
+        store.process("x", lambda: {"event_id": "e4"}, fingerprint("/hooks/field-images", BODY))
+    assert store.count() == 1

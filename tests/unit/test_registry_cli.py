@@ -1,0 +1,96 @@
+"""`drywall registry` as an operator uses it: list, show, promote, rollback, audit, and repairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from drywall_core.registry import ModelRegistry
+from drywall_core.storage import LocalStore
+
+
+@pytest.fixture
+def registry(tmp_path: Path, artifact_dir: Path) -> tuple[ModelRegistry, list[str]]:
+    """The CLI's own registry (under the test's DRYWALL_HOME) with three published versions."""
+    reg = ModelRegistry(LocalStore(tmp_path / "home" / "registry"), "clipseg-drywall")
+    versions = [reg.publish(artifact_dir, version=v)["version"] for v in ("v1", "v2", "v3")]
+    return reg, versions
+
+
+def test_promote_rollback_audit_round_trip(cli, registry) -> None:
+    reg, _ = registry
+    assert cli("registry", "promote", "v1").code == 0
+    r = cli("registry", "promote", "v2", "--reason", "better on field photos")
+    assert r.code == 0 and "champion: v2" in r.out
+    assert "registry:" in r.err and "models/clipseg-drywall" in r.err, "says where it looked"
+    listed = cli("registry", "list")
+    assert listed.code == 0
+    assert [ln.split()[:2] for ln in listed.out.splitlines()] == [["v1", "mIoU"], ["*", "v2"], ["v3", "mIoU"]]
+    r = cli("registry", "rollback")
+    assert r.code == 0 and "champion: v1 (was v2)" in r.out
+    assert json.loads(cli("registry", "show").out)["version"] == "v1"
+    audit = cli("registry", "audit").out.splitlines()
+    assert [ln.split()[1] for ln in audit] == ["manual-promote", "manual-promote", "rollback"]
+    assert "better on field photos" in audit[1]
+
+
+def test_promoting_the_champion_again_keeps_the_rollback_target(cli, registry) -> None:
+    reg, _ = registry
+    cli("registry", "promote", "v1")
+    cli("registry", "promote", "v2")
+    r = cli("registry", "promote", "v2")
+    assert r.code == 0 and "already the champion; nothing changed" in r.out
+    assert reg.champion()[0]["previous"] == "v1"
+    assert len(reg.audit_log()) == 2, "a no-op is not a promotion"
+    r = cli("registry", "rollback")
+    assert "champion: v1 (was v2)" in r.out
+
+
+def test_corrupt_champion_alias_is_named_and_repairable(cli, registry) -> None:
+    reg, _ = registry
+    cli("registry", "promote", "v1")
+    alias = Path(reg.store.root) / reg.alias_key
+    alias.write_text('{"version": "v1", ')  # a torn write by some other tool
+    for args in (("show",), ("promote", "v2"), ("rollback",)):
+        r = cli("registry", *args)
+        assert r.code == 2, (args, r.err)
+        assert "unexpected" not in r.err and f"{alias}" in r.err and "corrupt JSON" in r.err, r.err
+        assert "drywall registry promote VERSION --force" in r.err
+    listed = cli("registry", "list")
+    assert listed.code == 1 and [ln.split()[0] for ln in listed.out.splitlines()] == ["v1", "v2", "v3"]
+    assert "corrupt JSON" in listed.err
+    r = cli("registry", "promote", "v2", "--force", "--reason", "alias torn by a bad sync")
+    assert r.code == 0 and "forced" in r.out
+    assert reg.champion_version() == "v2"
+    last = reg.audit_log()[-1]
+    assert last["action"] == "forced-promote" and last["reason"] == "alias torn by a bad sync"
+
+
+def test_corrupt_version_manifest_does_not_hide_the_others(cli, registry) -> None:
+    reg, _ = registry
+    cli("registry", "promote", "v3")
+    manifest = Path(reg.store.root) / reg.version_key("v2", "manifest.json")
+    manifest.write_text("[1, 2")
+    listed = cli("registry", "list")
+    assert listed.code == 1
+    assert [ln.split()[:2] for ln in listed.out.splitlines()] == [["v1", "mIoU"], ["!", "v2"], ["*", "v3"]]
+    assert f"{manifest}: corrupt JSON" in listed.err
+    r = cli("registry", "show", "v2")
+    assert r.code == 2 and f"{manifest}: corrupt JSON" in r.err and "unexpected" not in r.err
+    r = cli("registry", "promote", "v2")
+    assert r.code == 2 and f"{manifest}" in r.err
+    assert reg.champion_version() == "v3", "a corrupt version never becomes champion"
+
+
+def test_store_refuses_keys_that_escape_it(tmp_path: Path) -> None:
+    from drywall_core.errors import InputError
+
+    store = LocalStore(tmp_path / "store")
+    (tmp_path / "secret.txt").write_text("outside")
+    for key in ("../secret.txt", "models/../../secret.txt", "/etc/passwd"):
+        with pytest.raises(InputError, match="escapes the store"):
+            store.get_bytes(key)
+    store.put_bytes("models/ok.txt", b"inside")
+    assert store.get_bytes("models/ok.txt") == b"inside"
