@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -82,7 +83,12 @@ def validate(
     exp = open_export(export)
     spec = resolve_dataset(exp, load_registry(s.datasets_file), dataset)
     docs = fresh_docs_dir(report) if report else None
-    result = validate_export(exp, spec, s, docs_dir=docs)
+    try:
+        result = validate_export(exp, spec, s, docs_dir=docs)
+    except BaseException:
+        if docs:
+            shutil.rmtree(docs, ignore_errors=True)  # no half-built Data Docs on an interrupt
+        raise
     if report:
         write_report(result, report)
     n_img = sum(sp.images for sp in result.splits)

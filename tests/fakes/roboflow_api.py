@@ -30,6 +30,7 @@ class FakeRoboflow:
         self.workspace, self.project, self.version = workspace, project, version
         self.zip_bytes, self.api_key = zip_bytes, api_key
         self.truncate_next = 0
+        self.stall_s = 0.0
         self.downloads = 0
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -140,6 +141,16 @@ class FakeRoboflow:
             def _download(self) -> None:
                 fake.downloads += 1
                 data = fake.zip_bytes
+                if fake.stall_s:  # a slow link: the client is mid-download for a while
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/zip")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[:1024])
+                    self.wfile.flush()
+                    time.sleep(fake.stall_s)
+                    self.wfile.write(data[1024:])
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/zip")
                 self.send_header("Content-Length", str(len(data)))
