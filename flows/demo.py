@@ -23,6 +23,8 @@ DEMO_OVERRIDES = {"epochs": 20, "lr": 1e-2, "batch_size": 8, "patience": 20}
 
 def run_demo(settings: Settings, console: Console | None = None) -> dict[str, Any]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a fresh PREFECT_HOME migrates its database first: on 2 cores that outlasts Prefect's 20 s default
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.common import Source
     from flows.retrain import retrain
     from tasks.registry import registry

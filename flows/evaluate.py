@@ -69,10 +69,16 @@ def evaluate_champion(sources: list[Source] | None = None) -> dict[str, Any]:
         "champion-evaluation-table",
         f"champion {champion['version']}",
     )
+    event = None
     if flagged:
-        emit_event(
+        event = emit_event(
             event="drywall.model.regressed",
             resource={"prefect.resource.id": f"drywall.model.{reg.name}"},
             payload={"version": champion["version"], "regressions": flagged},
         )
-    return {"version": champion["version"], "regressions": flagged, "metrics": metrics_path}
+    return {
+        "version": champion["version"],
+        "regressions": flagged,
+        "metrics": metrics_path,
+        "event_id": str(event.id) if event else None,
+    }

@@ -15,7 +15,8 @@ GOOD = {"epochs": 20, "lr": 1e-2, "patience": 20}  # the demo recipe
 BAD = {"epochs": 1, "lr": 1e-7}
 
 
-def _artifacts(flow_run_id=None) -> dict[str, object]:
+def _artifacts(flow_run_id) -> dict[str, object]:
+    """Artifacts of one flow run (not of the whole session)."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -23,13 +24,26 @@ def _artifacts(flow_run_id=None) -> dict[str, object]:
 
     async def read():
         async with get_client() as client:
-            if flow_run_id is None:
-                return await client.read_artifacts()
             return await client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
             )
 
     return {a.key: a for a in asyncio.run(read()) if a.key}
+
+
+def _subflow_runs(flow_run_id) -> list:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+            )
+
+    return asyncio.run(read())
 
 
 def test_ingest_fails_cleanly_on_a_broken_export(prefect_api, synthetic_cracks: Path, tmp_path: Path) -> None:
@@ -89,7 +103,8 @@ def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model
     assert "retrain-gate" in arts and "REFUSE" in arts["retrain-gate"].data
     assert "candidate mIoU" in arts["retrain-gate"].data and "champion mIoU" in arts["retrain-gate"].data
     assert {"retrain-metrics", "retrain-training-curve", "retrain-best-worst"} <= set(arts)
-    assert "training-progress" in _artifacts(), "the train subflow reports progress"
+    children = _subflow_runs(state.state_details.flow_run_id)
+    assert any("training-progress" in _artifacts(c.id) for c in children), "this run's train subflow reports progress"
 
     result = evaluate_champion(sources=[Source(kind="synthetic", seed=0)])
     assert result["version"] == first["version"] and result["regressions"] == []
@@ -178,3 +193,60 @@ def test_retrain_and_drift_on_the_s3_store(
     out = drift(bucket=s3_server.bucket, prefix=f"{prefix}-field/day1/")
     assert out["n_current"] == 20 and out["champion"] == result["version"]
     assert out["drift_detected"] is True, "real drywall photos against a synthetic-wall reference"
+
+
+def _event(name: str, event_id: str) -> dict | None:
+    import time
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    for _ in range(40):
+        r = httpx.post(
+            f"{PREFECT_API_URL.value()}/events/filter", json={"filter": {"event": {"name": [name]}}}, timeout=30
+        )
+        found = [e for e in r.json()["events"] if e["id"] == event_id]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    return None
+
+
+def test_champion_regression_emits_model_regressed(prefect_api, artifact_dir: Path, tmp_path: Path) -> None:
+    """A champion that now scores far below what it scored at promotion raises drywall.model.regressed."""
+    import shutil
+
+    from flows.common import Source
+    from flows.evaluate import evaluate_champion
+    from tasks.registry import registry
+
+    art = tmp_path / "artifact"
+    shutil.copytree(artifact_dir, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["metrics"] = {"per_prompt": {"segment crack": {"miou": 0.99}, "segment taping area": {"miou": 0.0}}}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    reg = registry()
+    version = reg.publish(art)["version"]
+    reg.promote(version, None)
+    result = evaluate_champion(sources=[Source(kind="synthetic", seed=0)])
+    assert result["version"] == version
+    assert [r.split(":")[0] for r in result["regressions"]] == ["'segment crack'"], "only the prompt that fell"
+    event = _event("drywall.model.regressed", result["event_id"])
+    assert event and event["payload"]["version"] == version
+    assert event["payload"]["regressions"] == result["regressions"]
+
+
+def test_promotion_race_is_lost_cleanly_and_audited(artifact_dir: Path) -> None:
+    from tasks.registry import promote_task, registry
+
+    reg = registry()
+    a, b, c = (reg.publish(artifact_dir, version=v)["version"] for v in ("ra", "rb", "rc"))
+    reg.promote(a, None)
+    seen = reg.champion()[1]  # what this run's gate saw
+    reg.promote(b, seen)  # another run promotes first
+    decision = {"promote": True, "reasons": ["better"]}
+    out = promote_task.fn(c, seen, decision)
+    assert out == {"promoted": False, "version": c, "reason": f"lost the promotion race to {b}"}
+    assert reg.champion_version() == b
+    last = reg.audit_log()[-1]
+    assert last["action"] == "refuse" and last["version"] == c and "concurrent run promoted rb" in last["reason"]
