@@ -330,7 +330,7 @@ def drift(
         f"{sm['n_current']} current images, {len(sm['skipped'])} skipped -> {result.json_path}"
     )
     if sm["drift_detected"]:
-        raise CheckFailed("drift detected")
+        raise typer.Exit(1)  # a finding, already reported above, not an error
 
 
 webhook_app = typer.Typer(no_args_is_help=True, help="Signed webhook receiver (Roboflow, S3 field images).")

@@ -102,3 +102,23 @@ def test_model_signals(cli, drywall_export: Path, tiny_model_dir: Path, tmp_path
     assert r.code == (1 if body["drift_detected"] else 0), r.err
     cols = body["columns"]
     assert {"fg_fraction__segment_crack", "confidence__segment_crack", "fg_fraction__segment_taping_area"} <= set(cols)
+
+
+def test_parquet_reference_profile_gives_the_folder_result(cli, drywall_export: Path, tmp_path: Path) -> None:
+    """A model version's reference_profile.parquet stands in for its training images."""
+    from drywall_core.drift import write_reference_profile
+
+    train = find_images(drywall_export / "train")[:200]
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    for p in train:
+        shutil.copy(p, folder / p.name)
+    profile = tmp_path / "reference_profile.parquet"
+    assert write_reference_profile(train, profile) == 200
+    by_profile = cli("drift", "--reference", profile, "--current", drywall_export / "valid", "--out", tmp_path / "a")
+    by_folder = cli("drift", "--reference", folder, "--current", drywall_export / "valid", "--out", tmp_path / "b")
+    a = json.loads((tmp_path / "a" / "drift.json").read_text())
+    b = json.loads((tmp_path / "b" / "drift.json").read_text())
+    assert by_profile.code == by_folder.code, by_profile.err + by_folder.err
+    assert a["n_reference"] == b["n_reference"] == 200 and a["n_current"] == 100
+    assert a["drifted_columns"] == b["drifted_columns"] and a["drifted_share"] == b["drifted_share"]

@@ -94,3 +94,15 @@ def test_mixed_loss_by_hand() -> None:
     assert loss.item() == pytest.approx(((bce + dice_strong) + 0.5 * bce).item() / 2, rel=1e-6)
     only_weak = mixed_loss(logits, target, torch.tensor([False, False]), weak_weight=0.25)
     assert only_weak.item() == pytest.approx(0.25 * bce.item(), rel=1e-6)
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tiny_model_dir, synthetic_samples, tmp_path) -> None:
+    from drywall_core.errors import InputError
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    _train(tiny_model_dir, synthetic_samples, run, cache, epochs=1)
+    before = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(InputError, match="checkpoint is for another model or configuration") as err:
+        _train(tiny_model_dir, synthetic_samples, run, cache, epochs=1, lr=1e-5, resume=True)
+    assert str(run / "checkpoint.pt") in str(err.value)
+    assert (run / "checkpoint.pt").read_bytes() == before, "the refused resume leaves the checkpoint alone"
