@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import pydantic
 import typer
 
 from drywall_core.config import get_settings
@@ -340,7 +341,7 @@ app.add_typer(webhook_app, name="webhook")
 @webhook_app.command("serve")
 def webhook_serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: settings, 8077).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings, 8077).")] = None,
 ) -> None:
     """Serve POST /hooks/roboflow, POST /hooks/field-images and GET /healthz (needs PREFECT_API_URL)."""
     import uvicorn
@@ -518,6 +519,15 @@ def classify(exc: BaseException) -> DrywallError | None:
     if isinstance(exc, OSError) and exc.filename is not None:
         where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
         return InputError(f"{where}: {exc.strerror or type(exc).__name__}")
+    if isinstance(exc, pydantic.ValidationError) and exc.title == "Settings":
+        bad = "; ".join(
+            f"DRYWALL_{'__'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        )
+        return InputError(f"invalid setting: {bad}")
+    boto = sys.modules.get("botocore.exceptions")  # loaded only when S3 was used
+    if boto and isinstance(exc, boto.BotoCoreError | boto.ClientError):
+        store = get_settings().s3_endpoint_url or "AWS S3"
+        return InputError(f"artifact store {store} (bucket {get_settings().s3_bucket}): {exc}")
     if isinstance(exc, MemoryError):
         return DrywallError("out of memory (try a smaller --batch-size or fewer images at once)")
     return None

@@ -144,3 +144,29 @@ def test_drift_profile_without_feature_columns_is_named(cli, tmp_path: Path, pho
     pd.DataFrame({"path": ["x"], "brightness_mean": [0.5]}).to_parquet(prof)
     r = cli("drift", "--reference", prof, "--current", photo.parent, "--out", tmp_path / "d")
     assert r.code == 2 and f"{prof}: reference profile lacks" in r.err, r.err
+
+
+def test_unreachable_artifact_store_is_named(cli, monkeypatch) -> None:
+    for k, v in {
+        "DRYWALL_S3_BUCKET": "models-bucket",
+        "DRYWALL_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(k, v)
+    r = cli("registry", "list")
+    assert r.code == 2 and "unexpected" not in r.err, r.err
+    assert "artifact store http://127.0.0.1:9 (bucket models-bucket)" in r.err and "Could not connect" in r.err
+
+
+def test_invalid_setting_is_named(cli, monkeypatch) -> None:
+    monkeypatch.setenv("DRYWALL_TRAIN__EPOCHS", "many")
+    r = cli("datasets")
+    assert r.code == 2 and "invalid setting: DRYWALL_TRAIN__EPOCHS='many'" in r.err and "unexpected" not in r.err
+
+
+def test_output_file_that_is_a_folder_is_named(cli, synthetic_cracks: Path, tmp_path: Path) -> None:
+    r = cli("split", synthetic_cracks, "--out", tmp_path)
+    assert r.code == 2 and f"error: {tmp_path}: cannot write here" in r.err, r.err
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left beside it"
