@@ -20,6 +20,21 @@ T = TypeVar("T")
 _PR_SET_PDEATHSIG = 1
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host is running (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def die_with_parent(parent: int) -> None:
     """Pool initializer: SIGKILL when the parent goes, default SIGTERM, no SIGINT."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

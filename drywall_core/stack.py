@@ -28,6 +28,7 @@ from typing import Any
 
 from drywall_core.config import Settings
 from drywall_core.errors import DrywallError
+from drywall_core.procs import pid_alive
 from drywall_core.s3server import S3Server, free_port_pair
 
 BUCKET = "drywall"
@@ -50,20 +51,6 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is dead too
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _http_ok(url: str) -> bool:

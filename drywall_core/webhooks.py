@@ -25,6 +25,8 @@ from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from drywall_core.procs import pid_alive
+
 REPLAY_WINDOW_S = 300
 MAX_BODY_BYTES = 1 << 20
 
@@ -164,16 +166,6 @@ class DeliveryBusy(Exception):
     """Another live attempt holds the delivery's claim; the sender should retry (HTTP 503)."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class DeliveryStore:
     """Delivery ids in SQLite: the first delivery of an id emits, repeats get the original answer.
 
@@ -209,7 +201,7 @@ class DeliveryStore:
             return True
         host, _, rest = (owner or "").partition(":")
         pid = rest.partition(":")[0]
-        return host == socket.gethostname() and pid.isdigit() and owner != self.owner and not _alive(int(pid))
+        return host == socket.gethostname() and pid.isdigit() and owner != self.owner and not pid_alive(int(pid))
 
     def _claim(self, db: sqlite3.Connection, delivery_id: str, fingerprint: str) -> bool:
         """Insert a fresh claim, or take over an orphaned one; False if the id is taken."""
