@@ -170,3 +170,18 @@ def test_output_file_that_is_a_folder_is_named(cli, synthetic_cracks: Path, tmp_
     r = cli("split", synthetic_cracks, "--out", tmp_path)
     assert r.code == 2 and f"error: {tmp_path}: cannot write here" in r.err, r.err
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file left beside it"
+
+
+def test_output_folder_that_cannot_be_written(cli, synthetic_cracks: Path, tmp_path: Path) -> None:
+    """Root writes anywhere except a read-only file system: sysfs stands in for a read-only mount."""
+    target = Path("/sys/drywall-qa-output")
+    try:
+        target.mkdir()
+    except OSError:
+        pass
+    else:
+        target.rmdir()
+        pytest.skip("/sys is writable here; no read-only location to test with")
+    for args in (["masks", synthetic_cracks, "--out", target], ["split", synthetic_cracks, "--out", target / "s.json"]):
+        r = cli(*args)
+        assert r.code == 2 and f"{target}" in r.err and "unexpected" not in r.err, r.err
