@@ -18,7 +18,7 @@ from typing import Annotated
 import pydantic
 import typer
 
-from drywall_core.config import get_settings
+from drywall_core.config import TrainConfig, get_settings
 from drywall_core.errors import CheckFailed, DrywallError, InputError, Interrupted
 
 app = typer.Typer(
@@ -122,8 +122,10 @@ def masks(
 def split(
     export: ExportArg,
     out: Annotated[Path, typer.Option(help="JSON file with the train/val assignment.")],
-    seed: Annotated[int | None, typer.Option(help="Seed (default: settings).")] = None,
-    val_fraction: Annotated[float | None, typer.Option(help="Share of sources in val.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed (default: DRYWALL_SPLIT_SEED, 42).")] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Share of source photos in val (default: DRYWALL_VAL_FRACTION, 0.2).")
+    ] = None,
 ) -> None:
     """Split train/val by source photo so that no photo is on both sides."""
     from drywall_core.exports import open_export
@@ -145,9 +147,9 @@ def split(
 @app.command()
 def sample(
     out: Annotated[Path, typer.Option(help="Folder for the synthetic exports.")],
-    seed: int = 0,
-    sources: Annotated[int, typer.Option(help="Source photos per task.")] = 24,
-    overwrite: bool = False,
+    seed: Annotated[int, typer.Option(help="Seed of the generated images and annotations.")] = 0,
+    sources: Annotated[int, typer.Option(min=1, help="Source photos per task.")] = 24,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Generate a small synthetic Roboflow-layout export per task (no network needed)."""
     from drywall_core.sources import generate_synthetic
@@ -172,7 +174,7 @@ app.add_typer(model_app, name="model")
 @model_app.command("init-tiny")
 def model_init_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write (save_pretrained layout).")],
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
     """Write a tiny random CLIPSeg (small config, real small vocabulary) loadable like the real one."""
     from drywall_core.model import init_tiny
@@ -195,6 +197,12 @@ def model_info(model: Annotated[str, typer.Argument(help="Model id, folder or fi
         typer.echo(f"metrics: {json.dumps(loaded.manifest['metrics']['per_prompt'])}")
 
 
+def _train_help(field: str, what: str) -> str:
+    """Help text naming the setting behind an option and its default (options override settings)."""
+    default = TrainConfig.model_fields[field].default
+    return f"{what} (default: DRYWALL_TRAIN__{field.upper()}, {default})."
+
+
 ExportsOpt = Annotated[list[Path], typer.Option("--export", help="Roboflow COCO export (repeatable).")]
 DatasetsOpt = Annotated[
     list[str] | None, typer.Option("--dataset", help="Dataset of each --export, in order (default: guessed).")
@@ -213,14 +221,21 @@ def _samples(exports: list[Path], datasets: list[str] | None):
 def train(
     export: ExportsOpt,
     out: Annotated[Path, typer.Option(help="Run folder: checkpoint, metrics.jsonl, curve, model/, eval/.")],
-    model: Annotated[str | None, typer.Option(help="Base model id or folder (default: settings).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Base model: hub id or folder (default: DRYWALL_BASE_MODEL, CIDAS/clipseg-rd64-refined)."),
+    ] = None,
     dataset: DatasetsOpt = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option()] = None,
-    patience: Annotated[int | None, typer.Option()] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    flip: Annotated[bool | None, typer.Option("--flip/--no-flip")] = None,
+    epochs: Annotated[int | None, typer.Option(help=_train_help("epochs", "Maximum epochs"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=_train_help("batch_size", "Images per step"))] = None,
+    lr: Annotated[float | None, typer.Option(help=_train_help("lr", "AdamW learning rate"))] = None,
+    patience: Annotated[
+        int | None, typer.Option(help=_train_help("patience", "Epochs without val mIoU gain before stopping"))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=_train_help("seed", "Seed of every random choice"))] = None,
+    flip: Annotated[
+        bool | None, typer.Option("--flip/--no-flip", help=_train_help("flip", "Also train on mirrored views"))
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
 ) -> None:
     """Fine-tune the CLIPSeg decoder on the frozen-activation cache, evaluate it, write the artifact."""
@@ -252,7 +267,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="metrics.json, metrics.md, best_worst.png")],
     dataset: DatasetsOpt = None,
     split: Annotated[str, typer.Option(help="val (held-out sources) or all images.")] = "val",
-    batch_size: int = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
 ) -> None:
     """Evaluate a model: per-prompt mIoU/Dice, threshold sweep, boundary F1, prompt robustness, latency."""
     from drywall_core.evaluate import evaluate as run_eval
@@ -276,8 +291,10 @@ def predict(
     prompt: Annotated[str, typer.Option(help='Text prompt, e.g. "segment crack".')],
     model: Annotated[str, typer.Option(help="Fine-tuned artifact, model id or folder.")],
     out: Annotated[Path, typer.Option(help="Output folder for <stem>__<prompt>.png masks.")],
-    batch_size: int = 8,
-    threshold: Annotated[float | None, typer.Option(help="Default: the artifact's best val threshold.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images decoded and predicted at a time.")] = 8,
+    threshold: Annotated[
+        float | None, typer.Option(min=0, max=1, help="Probability cut (default: the artifact's best val threshold).")
+    ] = None,
 ) -> None:
     """Predict binary masks ({0,255}, original size) for a text prompt; unreadable images exit 1."""
     from drywall_core.model import load_model
@@ -296,9 +313,15 @@ def drift(
     reference: Annotated[Path, typer.Option(help="Reference images folder, or a reference_profile.parquet.")],
     current: Annotated[Path, typer.Option(help="Folder of new field images (searched recursively).")],
     out: Annotated[Path, typer.Option(help="Output folder for drift.json and drift.html.")],
-    drift_share: Annotated[float | None, typer.Option(help="Share of drifted features that means drift.")] = None,
+    drift_share: Annotated[
+        float | None,
+        typer.Option(help="Share of drifted features that means drift (default: DRYWALL_DRIFT_SHARE, 0.5)."),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Add model signals (foreground fraction, confidence).")] = None,
-    prompt: Annotated[list[str] | None, typer.Option(help="Prompts for the model signals (repeatable).")] = None,
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option(help="Prompts for the model signals (repeatable; default: segment crack, segment taping area)."),
+    ] = None,
 ) -> None:
     """Evidently data-drift report of field images against a reference; exit 1 when drift is detected."""
     from drywall_core import drift as d

@@ -14,8 +14,8 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from drywall_core.errors import InputError
 from drywall_core.fsutil import atomic_open, atomic_write_text
 from drywall_core.images import displayed_size, open_rgb
+from drywall_core.procs import imap_processes
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 FEATURE_SIZE = 256  # texture features on a FEATURE_SIZE x FEATURE_SIZE copy
@@ -133,10 +134,9 @@ def extract_features(
             results += _features_chunk(c, max_pixels)
             bar.update(len(c))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(_features_chunk, chunks, [max_pixels] * len(chunks)):
-                results += part
-                bar.update(len(part))
+        for part in imap_processes(partial(_features_chunk, max_pixels=max_pixels), chunks, workers, ordered=True):
+            results += part
+            bar.update(len(part))
     bar.close()
     return table_from_results(results)
 

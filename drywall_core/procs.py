@@ -46,15 +46,15 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def imap_processes(fn: Callable[[Any], T], items: Iterable[Any], workers: int) -> Iterator[T]:
-    """``fn`` over ``items`` in ``workers`` processes, results as they finish (order not kept).
+def imap_processes(fn: Callable[[Any], T], items: Iterable[Any], workers: int, ordered: bool = False) -> Iterator[T]:
+    """``fn`` over ``items`` in ``workers`` processes: results as they finish, or in order if ``ordered``.
 
     Stopping early -- an exception here or in the consumer, Ctrl-C, SIGTERM -- terminates the
     workers at once instead of letting queued work run on.
     """
     pool = mp.get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),))
     try:
-        yield from pool.imap_unordered(fn, items)
+        yield from (pool.imap if ordered else pool.imap_unordered)(fn, items)
         pool.close()
     except BaseException:
         pool.terminate()

@@ -185,3 +185,17 @@ def test_output_folder_that_cannot_be_written(cli, synthetic_cracks: Path, tmp_p
     for args in (["masks", synthetic_cracks, "--out", target], ["split", synthetic_cracks, "--out", target / "s.json"]):
         r = cli(*args)
         assert r.code == 2 and f"{target}" in r.err and "unexpected" not in r.err, r.err
+
+
+def test_every_option_is_described(cli) -> None:
+    """`--help` of every command describes each option (and the settings behind the defaults)."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    bare = []
+    for name in _commands(app):
+        cmd = root
+        for part in name.split():
+            cmd = cmd.commands[part]
+        bare += [f"{name} {p.opts[0]}" for p in cmd.params if p.param_type_name == "option" and not p.help]
+    assert bare == [], f"options without a description: {bare}"
