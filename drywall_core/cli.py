@@ -217,6 +217,24 @@ def _samples(exports: list[Path], datasets: list[str] | None):
     return collect_samples(exports, get_settings(), datasets)
 
 
+RUN_MARKERS = ("checkpoint.pt", "metrics.jsonl", "train_summary.json")
+
+
+def _claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """A run folder holds one run: an existing one is continued (--resume) or replaced (--overwrite)."""
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite contradict each other")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: output folder is a file")
+    if not out.is_dir() or not any(out.iterdir()) or resume:
+        return
+    if not overwrite:
+        raise InputError(f"{out}: run folder exists and is not empty (pass --resume to continue it or --overwrite)")
+    if not any((out / m).exists() for m in RUN_MARKERS):
+        raise InputError(f"{out}: not a run folder (no {', '.join(RUN_MARKERS)}); refusing to empty it")
+    shutil.rmtree(out)
+
+
 @app.command()
 def train(
     export: ExportsOpt,
@@ -237,6 +255,9 @@ def train(
         bool | None, typer.Option("--flip/--no-flip", help=_train_help("flip", "Also train on mirrored views"))
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start afresh in an existing run folder (its files are removed).")
+    ] = False,
 ) -> None:
     """Fine-tune the CLIPSeg decoder on the frozen-activation cache, evaluate it, write the artifact."""
     from drywall_core.model import load_model
@@ -250,13 +271,18 @@ def train(
         if v is not None
     }
     cfg = s.train.model_copy(update=overrides)
+    _claim_run_folder(out, resume=resume, overwrite=overwrite)
     samples, specs = _samples(export, dataset)
     loaded = load_model(model or s.base_model)
     result = run_train(loaded, samples, specs, cfg, out, s.cache_root, resume=resume)
     overall = package_candidate(loaded, samples, specs, result, out)["overall"]
     typer.echo(
-        f"best epoch {result.best_epoch}/{result.epochs_run}: val mIoU {overall['miou']:.3f} "
-        f"(mean Dice {overall['mean_dice']:.3f}) -> {out / 'model'}"
+        f"evaluation at full image size: mIoU {overall['miou']:.3f}, mean Dice {overall['mean_dice']:.3f} "
+        f"({out / 'eval' / 'metrics.json'})"
+    )
+    typer.echo(
+        f"best epoch {result.best_epoch}/{result.epochs_run}: val mIoU {result.best_val_miou:.3f} "
+        f"(train_summary.json) -> {out / 'model'}"
     )
 
 
@@ -436,11 +462,14 @@ app.add_typer(registry_app, name="registry")
 
 def _registry():
     from drywall_core.registry import ModelRegistry
-    from drywall_core.storage import store_from_settings
+    from drywall_core.storage import LocalStore, store_from_settings
 
     s = get_settings()
     reg = ModelRegistry(store_from_settings(s), s.model_name)
-    _err(f"registry: {reg.store.url}/{reg.root}")  # where it looked, so an empty answer is not a mystery
+    where = f"{reg.store.url}/{reg.root}"
+    if isinstance(reg.store, LocalStore) and not (reg.store.root / reg.root).exists():
+        where += " (empty: no such folder; is DRYWALL_HOME right?)"
+    _err(f"registry: {where}")  # where it looked, so an empty answer is not a mystery
     return reg
 
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     # Model and training (nested: DRYWALL_TRAIN__EPOCHS=30)
     base_model: str = Field(default="CIDAS/clipseg-rd64-refined", description="Hub id or local folder.")
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, home: Path) -> Path:
+        """Resolved once, so every command and subprocess agrees where state lives."""
+        return home.expanduser().resolve()
 
     @property
     def registry_root(self) -> Path:

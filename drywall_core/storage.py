@@ -58,8 +58,7 @@ class LocalStore:
     """A folder; etags are sha256 of the content, CAS under an exclusive lock file."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root).resolve()  # created by the first write: reading never makes an empty store
         self.url = self.root.as_uri()
 
     def _path(self, key: str) -> Path:
@@ -71,7 +70,7 @@ class LocalStore:
     @contextmanager
     def _lock(self, key: str) -> Iterator[None]:
         locks = self.root / ".locks"
-        locks.mkdir(exist_ok=True)
+        locks.mkdir(parents=True, exist_ok=True)
         with open(locks / (sha256_bytes(key.encode())[:24] + ".lock"), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:

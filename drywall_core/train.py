@@ -413,6 +413,7 @@ def package_candidate(
     out_dir = Path(out_dir)
     val = [x for x in samples if x.side == "val"]
     metrics = evaluate(loaded, val, specs, progress=progress)
+    metrics["model"]["fine_tuned"] = True  # the base's weights, but this run's decoder
     reports = write_reports(loaded, val, specs, metrics, out_dir / "eval")
     write_reference_profile([x.image for x in samples if x.side == "train"], out_dir / "model" / PROFILE_FILE)
     write_artifact(loaded, out_dir / "model", result.summary, metrics)

@@ -36,7 +36,7 @@ def trained(tiny_model_dir: Path, synthetic_exports: list[Path], tmp_path_factor
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "val mIoU" in r.stdout
+    (run.parent / "stdout.txt").write_text(r.stdout)
     return run
 
 
@@ -57,6 +57,27 @@ def test_train_command_outputs(trained: Path) -> None:
     assert set(manifest["files"]) == {"decoder.safetensors", "config.json", "metrics.json", "reference_profile.parquet"}
     assert set(manifest["metrics"]["per_prompt"]) == {"segment crack", "segment taping area"}
     assert manifest["metrics"]["thresholds"]["segment crack"] in [round(0.1 * i, 1) for i in range(1, 10)]
+
+
+def test_train_reports_what_it_recorded(trained: Path) -> None:
+    last = (trained.parent / "stdout.txt").read_text().strip().splitlines()[-1]
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert f"best epoch {summary['best_epoch']}/{summary['epochs_run']}" in last
+    assert f"val mIoU {summary['best_val_miou']:.3f} (train_summary.json)" in last
+    metrics = json.loads((trained / "eval" / "metrics.json").read_text())
+    assert metrics["model"]["fine_tuned"] is True
+
+
+def test_train_refuses_to_mix_runs_in_one_folder(cli, trained: Path, tiny_model_dir: Path, synthetic_exports, tmp_path):
+    before = (trained / "checkpoint.pt").read_bytes()
+    r = cli("train", "--export", synthetic_exports[0], "--out", trained, "--model", tiny_model_dir)
+    assert r.code == 2 and "pass --resume to continue it or --overwrite" in r.err
+    assert (trained / "checkpoint.pt").read_bytes() == before
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "keep.jpg").write_bytes(b"mine")
+    r = cli("train", "--export", synthetic_exports[0], "--out", other, "--model", tiny_model_dir, "--overwrite")
+    assert r.code == 2 and "not a run folder" in r.err and (other / "keep.jpg").read_bytes() == b"mine"
 
 
 def test_evaluate_command(cli, trained: Path, synthetic_exports: list[Path], tmp_path: Path) -> None:

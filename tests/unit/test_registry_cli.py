@@ -94,3 +94,13 @@ def test_store_refuses_keys_that_escape_it(tmp_path: Path) -> None:
             store.get_bytes(key)
     store.put_bytes("models/ok.txt", b"inside")
     assert store.get_bytes("models/ok.txt") == b"inside"
+
+
+def test_reading_an_absent_registry_says_where_and_creates_nothing(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DRYWALL_HOME", "elsewhere/.drywall")  # relative: resolved once, against the cwd
+    r = cli("registry", "list")
+    assert r.code == 0 and "(no champion)" in r.out
+    assert f"registry: {(tmp_path / 'elsewhere' / '.drywall' / 'registry').as_uri()}" in r.err
+    assert "no such folder" in r.err
+    assert not (tmp_path / "elsewhere").exists(), "a read does not create an empty registry"
