@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,8 +19,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from bench._common import data_root, table
-from drywall_core.drift import extract_features, find_images, run_drift
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import data_root, table  # noqa: E402
+from drywall_core.drift import extract_features, find_images, run_drift  # noqa: E402
 
 
 def naive_features(path: Path) -> dict[str, float]:

@@ -11,15 +11,20 @@ Usage: python -m bench.predict [--images 24] [--batch-size 8]
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench._common import crack_samples, table
-from drywall_core.model import RANDOM_REAL, load_base
-from drywall_core.predict import predict_probs
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import crack_samples, table  # noqa: E402
+from drywall_core.model import RANDOM_REAL, load_base  # noqa: E402
+from drywall_core.predict import predict_probs  # noqa: E402
 
 PROMPT = "segment crack"
 

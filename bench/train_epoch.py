@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench._common import crack_samples, table
-from drywall_core.features import ActivationCache, CacheItem, decode, image_key, text_embeddings
-from drywall_core.losses import mixed_loss
-from drywall_core.model import RANDOM_REAL, load_base
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import crack_samples, table  # noqa: E402
+from drywall_core.features import ActivationCache, CacheItem, decode, image_key, text_embeddings  # noqa: E402
+from drywall_core.losses import mixed_loss  # noqa: E402
+from drywall_core.model import RANDOM_REAL, load_base  # noqa: E402
 
 PROMPT = "segment crack"
 
