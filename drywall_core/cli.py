@@ -383,79 +383,6 @@ def drift(
         raise typer.Exit(1)  # a finding, already reported above, not an error
 
 
-webhook_app = typer.Typer(no_args_is_help=True, help="Signed webhook receiver (Roboflow, S3 field images).")
-app.add_typer(webhook_app, name="webhook")
-
-
-@webhook_app.command("serve")
-def webhook_serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default: settings, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings, 8077).")] = None,
-) -> None:
-    """Serve POST /hooks/roboflow, POST /hooks/field-images and GET /healthz (needs PREFECT_API_URL)."""
-    import uvicorn
-
-    from deployments.webhook import app_from_environment  # HTTP + Prefect events live outside drywall_core
-
-    s = get_settings()
-    try:
-        application = app_from_environment()
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    uvicorn.run(application, host=host or s.webhook_host, port=port or s.webhook_port, log_level="info")
-
-
-stack_app = typer.Typer(no_args_is_help=True, help="The local production-like stack on loopback.")
-app.add_typer(stack_app, name="stack")
-
-
-@stack_app.command("up")
-def stack_up() -> None:
-    """Start Prefect server + UI, S3 (SeaweedFS), cpu/gpu workers and the webhook receiver; deploy."""
-    from drywall_core.stack import Stack
-
-    stack = Stack(get_settings())
-    state = stack.up()
-    env = stack.public_env(state)
-    verb = "already running" if state.get("already_running") else "up"
-    typer.echo(
-        f"stack {verb}: Prefect UI http://127.0.0.1:{state['prefect_port']}  S3 {env['DRYWALL_S3_ENDPOINT_URL']}"
-        f"  webhook {env['DRYWALL_WEBHOOK_URL']}"
-    )
-    typer.echo(f"environment: source {stack.env_file}")
-
-
-@stack_app.command("down")
-def stack_down() -> None:
-    """Stop exactly what `stack up` started and free its ports."""
-    from drywall_core.stack import Stack
-
-    stopped = Stack(get_settings()).down()
-    typer.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
-
-
-@stack_app.command("status")
-def stack_status() -> None:
-    """What runs where."""
-    from drywall_core.stack import Stack
-
-    rows = Stack(get_settings()).status()
-    for r in rows:
-        state = "up" if r["answers"] else ("running, not answering" if r["running"] else "down")
-        where = f"127.0.0.1:{r['port']}" if r["port"] else ""
-        typer.echo(f"{r['component']:<15} {state:<24} pid {r['pid'] or '-':<8} {where}")
-    if not all(r["answers"] for r in rows):
-        raise CheckFailed("not every part of the stack is up")
-
-
-@app.command()
-def demo() -> None:
-    """Run the retrain flow end to end on embedded defaults (synthetic data, tiny model, local registry)."""
-    from flows.demo import run_demo  # orchestration lives outside drywall_core
-
-    run_demo(get_settings())
-
-
 registry_app = typer.Typer(no_args_is_help=True, help="Model registry: versions, champion, audit log.")
 app.add_typer(registry_app, name="registry")
 
@@ -585,13 +512,13 @@ def classify(exc: BaseException) -> DrywallError | None:
     return None
 
 
-def main() -> None:
-    """Console entry point: map project errors to exit codes and one-line messages."""
+def run(application: typer.Typer) -> None:
+    """Run a typer app as a console command: every way out mapped to an exit code and one line."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("drywall_core").setLevel(logging.INFO)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
-        rc = app(standalone_mode=False)
+        rc = application(standalone_mode=False)
         if rc == 130:  # typer turns KeyboardInterrupt into a returned exit code
             raise KeyboardInterrupt
         if isinstance(rc, int) and rc:
@@ -616,6 +543,11 @@ def main() -> None:
             sys.exit(1)
         _err(str(known) if isinstance(known, Interrupted) else f"error: {known}")
         sys.exit(known.exit_code)
+
+
+def main() -> None:
+    """The domain commands alone; the installed ``drywall`` adds the orchestration ones (deployments.cli)."""
+    run(app)
 
 
 if __name__ == "__main__":

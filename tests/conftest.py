@@ -79,7 +79,7 @@ class CliResult:
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
     """Run ``drywall ARGS`` in-process through the real entry point; returns exit code and output."""
-    from drywall_core.cli import main
+    from deployments.cli import main
     from drywall_core.config import get_settings
 
     def run(*args: str) -> CliResult:
@@ -131,7 +131,7 @@ def synthetic_samples(synthetic_exports: list[Path], tmp_path_factory: pytest.Te
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory):
     """A real S3-compatible server (SeaweedFS ``weed mini``) on free loopback ports, stopped after."""
-    from drywall_core.s3server import S3Server
+    from deployments.s3server import S3Server
 
     server = S3Server(tmp_path_factory.mktemp("seaweed"), "drywall-test", "testAccessKey", "testSecretKey123")
     server.start(timeout=90)

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deployments.s3server import free_port_pair
+from deployments.stack import COMPONENTS, port_open
 from drywall_core.procs import pid_alive
-from drywall_core.s3server import free_port_pair
-from drywall_core.stack import COMPONENTS, port_open
 from tests.conftest import REPO
 from tests.integration.prefect_server import free_port
 

@@ -1,7 +1,7 @@
-"""The layout rule: domain logic in drywall_core imports no Prefect (tasks/ and flows/ do that).
-
-The CLI is the one place that wires orchestration in (``drywall demo``, ``drywall webhook serve``),
-and only inside those commands, so importing any drywall_core module never loads Prefect.
+"""The layout rule: domain logic in drywall_core imports no Prefect, flows, tasks or deployments,
+lazily or not, with no exemption. The commands that wire orchestration in (``drywall demo``,
+``webhook serve``, ``stack``) live in ``deployments/cli.py``; so do the local stack and the S3 test
+server, which start processes.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO
 
@@ -19,7 +20,6 @@ def test_no_prefect_import_in_drywall_core() -> None:
     offenders = []
     for path in (REPO / "drywall_core").rglob("*.py"):
         tree = ast.parse(path.read_text())
-        top_level = set(tree.body)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -28,9 +28,7 @@ def test_no_prefect_import_in_drywall_core() -> None:
             else:
                 continue
             for n in names:
-                root = n.split(".")[0]
-                entry_point_wiring = path.name == "cli.py" and node not in top_level and root != "prefect"
-                if root in ORCHESTRATION and not entry_point_wiring:
+                if n.split(".")[0] in ORCHESTRATION:
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {n}")
     assert not offenders, offenders
 
@@ -44,3 +42,23 @@ def test_importing_every_domain_module_does_not_load_prefect() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_no_process_launching_in_drywall_core() -> None:
+    """Servers and workers are started by deployments/ (stack, S3 test server), never by the domain core."""
+    offenders = [
+        f"{p.relative_to(REPO)}"
+        for p in (REPO / "drywall_core").rglob("*.py")
+        if "subprocess"
+        in {a.name for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Import) for a in n.names}
+    ]
+    assert not offenders, offenders
+
+
+def test_installed_command_is_the_full_cli() -> None:
+    """The console script `drywall` (pyproject) carries the domain and the orchestration commands."""
+    drywall = Path(sys.executable).parent / "drywall"
+    r = subprocess.run([str(drywall), "--help"], capture_output=True, text=True, timeout=60, env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    for command in ("validate", "masks", "train", "registry", "demo", "webhook", "stack"):
+        assert command in r.stdout, command

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from drywall_core.cli import app
+from deployments.cli import app
 
 
 def _commands(group, prefix: str = "") -> set[str]:

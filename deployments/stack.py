@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deployments.s3server import S3Server, free_port_pair
 from drywall_core.config import Settings
 from drywall_core.errors import DrywallError
 from drywall_core.procs import pid_alive
-from drywall_core.s3server import S3Server, free_port_pair
 
 BUCKET = "drywall"
 COMPONENTS = ("prefect-server", "s3", "worker-cpu", "worker-gpu", "webhook")

@@ -1,0 +1,96 @@
+"""The installed ``drywall`` command: the domain commands of :mod:`drywall_core.cli` plus the ones
+that wire in orchestration -- ``demo`` (the retrain flow), ``webhook serve`` (Prefect events) and
+``stack`` (servers and workers) -- which live here, beside the flows and deployments they call, so
+that nothing in ``drywall_core`` imports Prefect, flows, tasks or deployments.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from drywall_core.cli import app, run
+from drywall_core.config import get_settings
+from drywall_core.errors import CheckFailed, InputError
+
+webhook_app = typer.Typer(no_args_is_help=True, help="Signed webhook receiver (Roboflow, S3 field images).")
+app.add_typer(webhook_app, name="webhook")
+
+
+@webhook_app.command("serve")
+def webhook_serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings, 8077).")] = None,
+) -> None:
+    """Serve POST /hooks/roboflow, POST /hooks/field-images and GET /healthz (needs PREFECT_API_URL)."""
+    import uvicorn
+
+    from deployments.webhook import app_from_environment
+
+    s = get_settings()
+    try:
+        application = app_from_environment()
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    uvicorn.run(application, host=host or s.webhook_host, port=port or s.webhook_port, log_level="info")
+
+
+stack_app = typer.Typer(no_args_is_help=True, help="The local production-like stack on loopback.")
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Prefect server + UI, S3 (SeaweedFS), cpu/gpu workers and the webhook receiver; deploy."""
+    from deployments.stack import Stack
+
+    stack = Stack(get_settings())
+    state = stack.up()
+    env = stack.public_env(state)
+    verb = "already running" if state.get("already_running") else "up"
+    typer.echo(
+        f"stack {verb}: Prefect UI http://127.0.0.1:{state['prefect_port']}  S3 {env['DRYWALL_S3_ENDPOINT_URL']}"
+        f"  webhook {env['DRYWALL_WEBHOOK_URL']}"
+    )
+    typer.echo(f"environment: source {stack.env_file}")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop exactly what `stack up` started and free its ports."""
+    from deployments.stack import Stack
+
+    stopped = Stack(get_settings()).down()
+    typer.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """What runs where."""
+    from deployments.stack import Stack
+
+    rows = Stack(get_settings()).status()
+    for r in rows:
+        state = "up" if r["answers"] else ("running, not answering" if r["running"] else "down")
+        where = f"127.0.0.1:{r['port']}" if r["port"] else ""
+        typer.echo(f"{r['component']:<15} {state:<24} pid {r['pid'] or '-':<8} {where}")
+    if not all(r["answers"] for r in rows):
+        raise CheckFailed("not every part of the stack is up")
+
+
+@app.command()
+def demo() -> None:
+    """Run the retrain flow end to end on embedded defaults (synthetic data, tiny model, local registry)."""
+    from flows.demo import run_demo
+
+    run_demo(get_settings())
+
+
+def main() -> None:
+    """Console entry point (``drywall``)."""
+    run(app)
+
+
+if __name__ == "__main__":
+    main()
