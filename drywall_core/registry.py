@@ -199,6 +199,32 @@ class ModelRegistry:
         self.audit({"action": "forced-promote", "version": version, "previous": previous, "reason": reason})
         return alias
 
+    def settle(self, version: str, expected: str | None, decision: dict[str, Any]) -> dict[str, Any]:
+        """Act on a gate decision for a published ``version``: move the champion (compare-and-swap
+        against the alias the gate saw) or record the refusal; a lost race is recorded as one."""
+        reason = "; ".join(decision["reasons"])
+        if decision["promote"]:
+            try:
+                self.promote(version, expected, reason=reason, decision=decision)
+                return {"promoted": True, "version": version, "reason": reason}
+            except Conflict:
+                won = self.champion_version()
+                reason = f"a concurrent run promoted {won} first"
+                self.audit(
+                    {"action": "refuse", "version": version, "champion": won, "reason": reason, "decision": decision}
+                )
+                return {"promoted": False, "version": version, "reason": f"lost the promotion race to {won}"}
+        self.audit(
+            {
+                "action": "refuse",
+                "version": version,
+                "champion": self.champion_version(),
+                "reason": reason,
+                "decision": decision,
+            }
+        )
+        return {"promoted": False, "version": version, "reason": reason}
+
     def rollback(self, to: str | None = None, reason: str = "manual rollback") -> dict[str, Any]:
         """Point the champion back at ``to`` (default: the champion before the current one)."""
         current = self.champion()

@@ -11,7 +11,7 @@ from prefect.tasks import exponential_backoff
 from drywall_core.config import get_settings
 from drywall_core.gate import decide
 from drywall_core.registry import ModelRegistry
-from drywall_core.storage import Conflict, store_from_settings
+from drywall_core.storage import store_from_settings
 from tasks.model import read_metrics
 
 
@@ -52,31 +52,4 @@ def publish_task(artifact: str, extra: dict[str, Any]) -> dict[str, Any]:
 @task
 def promote_task(version: str, expected_etag: str | None, decision: dict[str, Any]) -> dict[str, Any]:
     """Move the champion alias if the gate said so; record every decision in the audit log."""
-    reg = registry()
-    reason = "; ".join(decision["reasons"])
-    if not decision["promote"]:
-        reg.audit(
-            {
-                "action": "refuse",
-                "version": version,
-                "champion": reg.champion_version(),
-                "reason": reason,
-                "decision": decision,
-            }
-        )
-        return {"promoted": False, "version": version, "reason": reason}
-    try:
-        reg.promote(version, expected_etag, reason=reason, decision=decision)
-    except Conflict:
-        won = reg.champion_version()
-        reg.audit(
-            {
-                "action": "refuse",
-                "version": version,
-                "champion": won,
-                "reason": f"a concurrent run promoted {won} first",
-                "decision": decision,
-            }
-        )
-        return {"promoted": False, "version": version, "reason": f"lost the promotion race to {won}"}
-    return {"promoted": True, "version": version, "reason": reason}
+    return registry().settle(version, expected_etag, decision)

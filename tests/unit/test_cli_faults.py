@@ -95,6 +95,7 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
         "registry show": [(["v-missing"], 2, "v-missing")],
         "registry promote": [(["v-missing"], 2, "v-missing")],
         "registry rollback": [([], 1, "no champion")],
+        "registry publish": [([missing], 2, str(missing)), ([afile], 2, str(afile))],
         "registry audit": [],
     }
 

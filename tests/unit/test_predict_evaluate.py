@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,26 @@ def test_artifact_threshold_is_used(trained: Path) -> None:
     manifest = json.loads((trained / "model" / "manifest.json").read_text())
     assert loaded.threshold_for("segment crack") == manifest["metrics"]["thresholds"]["segment crack"]
     assert loaded.threshold_for("an unknown prompt") == 0.5
+
+
+def test_registry_publish_judges_a_train_run_like_the_flow(cli, trained: Path, monkeypatch) -> None:
+    """`drywall registry publish RUN_DIR`: same gate, champion judged on the run's own val images, audited."""
+    from drywall_core.registry import ModelRegistry
+    from drywall_core.storage import LocalStore
+
+    monkeypatch.setenv("DRYWALL_GATE__MIN_MIOU", "0")
+    monkeypatch.setenv("DRYWALL_GATE__MIN_DICE", "0")
+    first = cli("registry", "publish", trained)
+    assert first.code == 0, first.err
+    assert "no champion yet" in first.out
+    reg = ModelRegistry(LocalStore(Path(os.environ["DRYWALL_HOME"]) / "registry"), "clipseg-drywall")
+    champion = reg.champion_version()
+    assert champion and f"champion: {champion}" in first.out
+    again = cli("registry", "publish", trained)  # the same model again: judged against itself
+    assert again.code == 1 and "does not beat the champion" in again.out + again.err
+    assert reg.champion_version() == champion and len(reg.versions()) == 2
+    log = reg.audit_log()
+    assert [e["action"] for e in log] == ["promote", "refuse"]
+    assert log[1]["decision"]["champion_miou"] == pytest.approx(log[1]["decision"]["candidate_miou"])
+    not_a_run = cli("registry", "publish", trained / "eval")
+    assert not_a_run.code == 2 and "not a finished `drywall train` run" in not_a_run.err
