@@ -610,7 +610,8 @@ def run(application: typer.Typer) -> None:
                 raise
             _err(f"error: unexpected {type(exc).__name__}: {exc} (a bug: set DRYWALL_DEBUG=1 for the traceback)")
             sys.exit(1)
-        _err(str(known) if isinstance(known, Interrupted) else f"error: {known}")
+        text = " ".join(str(known).split())  # one line per problem, whatever a library put in the message
+        _err(text if isinstance(known, Interrupted) else f"error: {text}")
         sys.exit(known.exit_code)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -288,6 +289,22 @@ def load_processor(ref: str, revision: str | None = None) -> Any:
     return CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def cannot_load(ref: str, exc: BaseException) -> InputError:
+    """One line saying why a base model is not there and what to do, instead of the hub's paragraph."""
+    if Path(ref).exists():
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return InputError(f"{ref}: cannot load CLIPSeg model from this folder ({first})")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return InputError(
+            f"{ref}: not in this host's Hugging Face cache and HF_HUB_OFFLINE is set, so nothing is downloaded: "
+            "pre-seed the cache (huggingface-cli download) or set DRYWALL_BASE_MODEL to a model folder"
+        )
+    return InputError(
+        f"{ref}: cannot download it from the hub and it is not in this host's Hugging Face cache: on hosts "
+        "without internet set HF_HUB_OFFLINE=1 and pre-seed the cache, or set DRYWALL_BASE_MODEL to a model folder"
+    )
+
+
 def load_base(ref: str = BASE_MODEL_ID, revision: str | None = None, seed: int = 0) -> LoadedModel:
     """Load a base CLIPSeg (hub id, local folder, or ``random:clipseg-rd64``), backbone frozen."""
     from transformers import CLIPSegForImageSegmentation
@@ -302,7 +319,7 @@ def load_base(ref: str = BASE_MODEL_ID, revision: str | None = None, seed: int =
         model = CLIPSegForImageSegmentation.from_pretrained(ref, revision=revision)
         processor = load_processor(ref, revision)
     except OSError as exc:
-        raise InputError(f"{ref}: cannot load CLIPSeg model ({exc})") from exc
+        raise cannot_load(ref, exc) from None
     return LoadedModel(freeze_backbone(model), processor, base_id, _hub_commit(ref, model.config, revision_id))
 
 
@@ -338,7 +355,7 @@ def base_fingerprint(ref: str, revision: str | None = None, seed: int = 0) -> st
         config = CLIPSegConfig.from_pretrained(ref, revision=revision)
         size = ViTImageProcessorPil.from_pretrained(ref, revision=revision).size
     except OSError as exc:
-        raise InputError(f"{ref}: cannot read CLIPSeg config ({exc})") from exc
+        raise cannot_load(ref, exc) from None
     image_size = int(size.get("height") or size.get("shortest_edge"))
     return fingerprint_of(base_id, _hub_commit(ref, config, revision_id), config, image_size)
 

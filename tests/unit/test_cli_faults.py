@@ -200,3 +200,12 @@ def test_every_option_is_described(cli) -> None:
             cmd = cmd.commands[part]
         bare += [f"{name} {p.opts[0]}" for p in cmd.params if p.param_type_name == "option" and not p.help]
     assert bare == [], f"options without a description: {bare}"
+
+
+def test_offline_base_model_fails_in_one_line(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    r = cli("model", "info", "CIDAS/clipseg-rd64-refined")
+    assert r.code == 2 and "unexpected" not in r.err
+    errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "HF_HUB_OFFLINE is set" in errors[0] and "DRYWALL_BASE_MODEL" in errors[0], r.err
