@@ -38,14 +38,24 @@ def run_demo(settings: Settings, console: Console | None = None) -> dict[str, An
     summary = retrain(sources=[Source(kind="synthetic")], base_model=str(tiny), overrides=DEMO_OVERRIDES)
     reg = registry()
     champion = reg.champion_version()
-    table = Table(title=f"drywall-qa demo: retrain flow in {time.perf_counter() - t0:.0f}s")
-    table.add_column("")
-    table.add_column("")
-    table.add_row("candidate", f"{summary['version']} ({'PROMOTED' if summary['promoted'] else 'refused'})")
-    table.add_row("gate", summary["reason"])
-    table.add_row("champion", f"{champion}  ({reg.store.url}/{reg.version_key(champion or '')})")
-    table.add_row("candidate metrics", summary["candidate_metrics"])
-    table.add_row("reports", summary["reports"])
-    table.add_row("audit log", f"{reg.store.url}/{reg.audit_key}")
-    console.print(table)
+    title = f"drywall-qa demo: retrain flow in {time.perf_counter() - t0:.0f}s"
+    rows = [
+        ("candidate", f"{summary['version']} ({'PROMOTED' if summary['promoted'] else 'refused'})"),
+        ("gate", summary["reason"]),
+        ("champion", f"{champion}  ({reg.store.url}/{reg.version_key(champion or '')})"),
+        ("candidate metrics", summary["candidate_metrics"]),
+        ("reports", summary["reports"]),
+        ("audit log", f"{reg.store.url}/{reg.audit_key}"),
+    ]
+    if console.is_terminal:
+        table = Table(title=title)
+        table.add_column("")
+        table.add_column("")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:  # a log or a pipe: whole paths, one per line, nothing cut to a terminal's width
+        print(title)
+        for key, value in rows:
+            print(f"{key}: {value}")
     return summary

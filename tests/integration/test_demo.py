@@ -22,7 +22,7 @@ def test_demo_runs_the_retrain_flow_and_promotes(tmp_path: Path) -> None:
         DRYWALL_HOME=str(tmp_path / "home"),
         PREFECT_HOME=str(tmp_path / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        COLUMNS="200",
+        COLUMNS="60",  # a narrow log: paths must still come out whole
     )
     first = subprocess.run([str(DRYWALL), "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -31,5 +31,7 @@ def test_demo_runs_the_retrain_flow_and_promotes(tmp_path: Path) -> None:
     champion = reg.champion_version()
     assert champion and reg.versions() == [champion]
     assert champion in first.stdout, "the summary names the champion"
+    audit = next(ln for ln in first.stdout.splitlines() if ln.startswith("audit log: "))
+    assert audit == f"audit log: {reg.store.url}/{reg.audit_key}", "whole paths when stdout is not a terminal"
     assert [e["action"] for e in reg.audit_log()] == ["promote"]
     assert (tmp_path / "home" / "models" / "tiny-clipseg" / "config.json").is_file()
