@@ -214,7 +214,7 @@ def _samples(exports: list[Path], datasets: list[str] | None):
 
     if datasets and len(datasets) != len(exports):
         raise InputError(f"--dataset given {len(datasets)} times for {len(exports)} --export folders")
-    return collect_samples(exports, get_settings(), datasets)
+    return collect_samples(exports, get_settings(), datasets, progress=True)
 
 
 RUN_MARKERS = ("checkpoint.pt", "metrics.jsonl", "train_summary.json")

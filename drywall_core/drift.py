@@ -172,9 +172,9 @@ def save_profile(frame: pd.DataFrame, path: Path) -> None:
 PROFILE_FILE = "reference_profile.parquet"
 
 
-def write_reference_profile(images: Sequence[Path], path: Path, workers: int = 0) -> int:
+def write_reference_profile(images: Sequence[Path], path: Path, workers: int = 0, progress: bool = False) -> int:
     """Features of the training images, stored with the model version as the drift reference."""
-    table = extract_features(images, workers=workers, progress=False)
+    table = extract_features(images, workers=workers, progress=progress)
     save_profile(table.frame, path)
     return len(table.frame)
 

@@ -7,6 +7,7 @@ masks are rendered (incrementally) and its images are split by source photo.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from drywall_core.exports import open_export
 from drywall_core.masks import render_masks
 from drywall_core.splits import split_by_source
 from drywall_core.validation import resolve_dataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,25 @@ class Sample:
 
 
 def export_samples(
-    export_root: Path, spec: DatasetSpec, masks_dir: Path, seed: int, val_fraction: float, workers: int = 0
+    export_root: Path,
+    spec: DatasetSpec,
+    masks_dir: Path,
+    seed: int,
+    val_fraction: float,
+    workers: int = 0,
+    progress: bool = False,
 ) -> list[Sample]:
     export = open_export(export_root)
-    render_masks(export, masks_dir, workers=workers, progress=False)
+    render_masks(export, masks_dir, workers=workers, progress=progress)
     plan = split_by_source(export, seed=seed, val_fraction=val_fraction)
+    log.info(
+        "split %s: %d train / %d val images from %d / %d source photos",
+        export_root,
+        len(plan.train),
+        len(plan.val),
+        len(plan.sources("train")),
+        len(plan.sources("val")),
+    )
     out = []
     for side, items in (("train", plan.train), ("val", plan.val)):
         for it in items:
@@ -55,8 +72,9 @@ def collect_samples(
     settings: Settings,
     datasets: Sequence[str | None] | None = None,
     registry: DatasetRegistry | None = None,
+    progress: bool = False,
 ) -> tuple[list[Sample], dict[str, DatasetSpec]]:
-    """Samples of every export, with the dataset specs they use."""
+    """Samples of every export, with the dataset specs they use (``progress``: bars and a split line)."""
     registry = registry or load_registry(settings.datasets_file)
     names = list(datasets or [None] * len(exports))
     samples: list[Sample] = []
@@ -64,10 +82,13 @@ def collect_samples(
     for root, name in zip(exports, names, strict=True):
         spec = resolve_dataset(open_export(root), registry, name)
         specs[spec.name] = spec
-        resolved = Path(root).resolve()
-        tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
-        masks_dir = Path(settings.home) / "masks" / f"{resolved.name}-{tag}"
         samples += export_samples(
-            root, spec, masks_dir, settings.split_seed, settings.val_fraction, settings.mask_workers
+            root,
+            spec,
+            masks_dir_for(settings, root),
+            settings.split_seed,
+            settings.val_fraction,
+            settings.mask_workers,
+            progress,
         )
     return samples, specs

@@ -415,7 +415,9 @@ def package_candidate(
     metrics = evaluate(loaded, val, specs, progress=progress)
     metrics["model"]["fine_tuned"] = True  # the base's weights, but this run's decoder
     reports = write_reports(loaded, val, specs, metrics, out_dir / "eval")
-    write_reference_profile([x.image for x in samples if x.side == "train"], out_dir / "model" / PROFILE_FILE)
+    write_reference_profile(
+        [x.image for x in samples if x.side == "train"], out_dir / "model" / PROFILE_FILE, progress=progress
+    )
     write_artifact(loaded, out_dir / "model", result.summary, metrics)
     return {
         "artifact": str(out_dir / "model"),

@@ -189,3 +189,34 @@ def test_registry_publish_judges_a_train_run_like_the_flow(cli, trained: Path, m
     assert log[1]["decision"]["champion_miou"] == pytest.approx(log[1]["decision"]["candidate_miou"])
     not_a_run = cli("registry", "publish", trained / "eval")
     assert not_a_run.code == 2 and "not a finished `drywall train` run" in not_a_run.err
+
+
+def test_train_shows_progress_for_every_stage(tiny_model_dir: Path, synthetic_exports, tmp_path: Path) -> None:
+    """In a terminal, `drywall train` shows each stage: masks, split, activation cache, epochs, evaluation."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal has a size
+    cmd = [str(Path(sys.executable).parent / "drywall"), "train", "--model", str(tiny_model_dir)]
+    cmd += ["--out", str(tmp_path / "run"), "--epochs", "1", "--export", str(synthetic_exports[0])]
+    env = {**os.environ, "DRYWALL_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(cmd, stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the command is done
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    for stage in ("masks:", "split ", "activation cache:", "epoch 1/1:", "evaluate:", "drift features:"):
+        assert stage in screen, f"no progress for {stage!r}"
