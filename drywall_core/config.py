@@ -7,6 +7,7 @@ can override any of them from the environment (``DRYWALL_MASK_WORKERS=4``) or a 
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
         default=0.05, ge=0, le=1, description="Largest share of bbox-only annotations in a polygon dataset."
     )
     max_image_pixels: int = Field(default=64_000_000, description="Refuse images larger than this.")
+    data_docs_assets: Path = Field(
+        default_factory=lambda: Path(sys.prefix) / "share" / "drywall-docs",
+        description="Offline copies of the Data Docs' CDN scripts and styles (make setup fetches them).",
+    )
 
     # Masks and splits
     mask_workers: int = Field(default=0, ge=0, description="Processes for mask rendering; 0 = all cores.")

@@ -22,6 +22,7 @@ import pandas as pd
 from drywall_core.annotations import split_frame
 from drywall_core.config import Settings
 from drywall_core.datasets import DatasetRegistry, DatasetSpec
+from drywall_core.docs_assets import localize
 from drywall_core.errors import InputError
 from drywall_core.exports import Export, Split
 from drywall_core.fsutil import atomic_write_text
@@ -384,6 +385,8 @@ def validate_export(
                 )
             )
         results.append(_split_result(split, df, failures))
+    if docs_dir is not None:
+        localize(docs_dir, settings.data_docs_assets)  # render without internet
     index = docs_dir / "index.html" if docs_dir else None
     return ValidationReport(
         export=str(export.root),

@@ -218,3 +218,31 @@ def test_report_written_on_failure(cli, synthetic_cracks: Path, tmp_path: Path) 
     failure = next(f for s in body["splits"] for f in s["failures"])
     assert failure["check"] == "bbox_width_positive" and failure["count"] == 1
     assert not list(report.parent.glob(".*tmp")), "no temporary files left"
+
+
+def test_data_docs_render_offline(cli, synthetic_cracks: Path, tmp_path: Path) -> None:
+    """No page of the Data Docs loads anything from the internet: scripts, styles, fonts are beside them."""
+    import os
+    import re
+
+    from drywall_core.config import get_settings
+    from drywall_core.docs_assets import assets_complete
+
+    if not assets_complete(get_settings().data_docs_assets):
+        msg = f"Data Docs assets not installed at {get_settings().data_docs_assets} (make setup fetches them)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    r = cli("validate", synthetic_cracks, "--report", tmp_path / "r.json")
+    assert r.code == 0, r.err
+    docs = tmp_path / "r_data_docs"
+    pages = list(docs.rglob("*.html"))
+    assert len(pages) >= 3
+    for page in pages:
+        html = page.read_text()
+        remote = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?://[^"]+)"', html)
+        assert remote == [], f"{page.relative_to(docs)} loads {remote[:2]}"
+        for ref in re.findall(r'(?:src|href)="([^"]*(?:static/vendor/[^"]+|logo-long\.png))"', html):
+            assert (page.parent / ref).resolve().is_file(), f"{page.relative_to(docs)}: missing {ref}"
+    fonts = docs / "static" / "vendor" / "fontawesome" / "webfonts"
+    assert list(fonts.glob("*.woff2")), "the icon fonts the stylesheet points at are there too"
