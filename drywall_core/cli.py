@@ -235,22 +235,6 @@ def _claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     shutil.rmtree(out)
 
 
-RUN_INPUTS = "run.json"
-
-
-def _record_run_inputs(out: Path, exports: list[Path], datasets: list[str], s) -> None:
-    """What `registry publish` needs to judge the run like the flow does: its data and its split."""
-    from drywall_core.fsutil import atomic_write_text
-
-    inputs = {
-        "exports": [str(e.resolve()) for e in exports],
-        "datasets": datasets,
-        "split_seed": s.split_seed,
-        "val_fraction": s.val_fraction,
-    }
-    atomic_write_text(out / RUN_INPUTS, json.dumps(inputs, indent=2))
-
-
 @app.command()
 def train(
     export: ExportsOpt,
@@ -277,6 +261,7 @@ def train(
 ) -> None:
     """Fine-tune the CLIPSeg decoder on the frozen-activation cache, evaluate it, write the artifact."""
     from drywall_core.model import load_model
+    from drywall_core.publish import record_run_inputs
     from drywall_core.train import package_candidate
     from drywall_core.train import train as run_train
 
@@ -289,7 +274,7 @@ def train(
     cfg = s.train.model_copy(update=overrides)
     _claim_run_folder(out, resume=resume, overwrite=overwrite)
     samples, specs = _samples(export, dataset)
-    _record_run_inputs(out, export, list(specs), s)
+    record_run_inputs(out, export, list(specs), s)
     loaded = load_model(model or s.base_model)
     result = run_train(loaded, samples, specs, cfg, out, s.cache_root, resume=resume)
     overall = package_candidate(loaded, samples, specs, result, out)["overall"]
@@ -491,42 +476,16 @@ def registry_publish(
     as the retrain flow does, then the gate decides; the version is published either way and
     every decision goes to the audit log.
     """
-    import tempfile
+    from drywall_core.publish import publish_run
 
-    from drywall_core.evaluate import evaluate
-    from drywall_core.gate import decide
-    from drywall_core.model import load_model
-    from drywall_core.samples import collect_samples
-
-    artifact, metrics_file = run_dir / "model", run_dir / "eval" / "metrics.json"
-    if not (artifact / "manifest.json").is_file() or not metrics_file.is_file():
-        raise InputError(f"{run_dir}: not a finished `drywall train` run (model/manifest.json, eval/metrics.json)")
-    inputs_file = run_dir / RUN_INPUTS
-    inputs = json.loads(inputs_file.read_text()) if inputs_file.is_file() else {}
-    exports = export or [Path(e) for e in inputs.get("exports", [])]
     reg = _registry()
-    current = reg.champion()
-    champion_metrics = None
-    if current:
-        if not exports:
-            raise InputError(f"{inputs_file}: missing; pass --export so the champion is judged on the same images")
-        s = get_settings().model_copy(
-            update={k: inputs[k] for k in ("split_seed", "val_fraction") if k in inputs and not export}
-        )
-        samples, specs = collect_samples(exports, s, inputs.get("datasets") if not export else None)
-        with tempfile.TemporaryDirectory() as tmp:
-            champion_dir = reg.download(current[0]["version"], Path(tmp) / "champion")
-            val = [x for x in samples if x.side == "val"]
-            champion_metrics = evaluate(load_model(champion_dir), val, specs)
-    decision = decide(json.loads(metrics_file.read_text()), champion_metrics, get_settings().gate).to_dict()
-    record = reg.publish(artifact, extra={"gate": decision, "run_dir": str(run_dir.resolve()), "reason": reason})
-    outcome = reg.settle(record["version"], current[1] if current else None, decision)
-    for line in decision["reasons"]:
+    done = publish_run(reg, run_dir, get_settings(), exports=export, reason=reason)
+    for line in done.decision["reasons"]:
         typer.echo(f"gate: {line}")
-    if not outcome["promoted"]:
-        typer.echo(f"published {record['version']}; champion stays {reg.champion_version()}")
-        raise CheckFailed(f"gate refused {record['version']}: {outcome['reason']}")
-    typer.echo(f"published {record['version']}; champion: {record['version']}")
+    if not done.outcome["promoted"]:
+        typer.echo(f"published {done.version}; champion stays {reg.champion_version()}")
+        raise CheckFailed(f"gate refused {done.version}: {done.outcome['reason']}")
+    typer.echo(f"published {done.version}; champion: {done.version}")
 
 
 @registry_app.command("rollback")
