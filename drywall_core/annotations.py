@@ -151,7 +151,7 @@ def segmentation_problem(ann: dict, size: tuple[int, int] | None) -> str | None:
         return f"segmentation is {type(seg).__name__}, not polygons, RLE or empty with a bbox"
     if kind == "rle":
         return rle_problem(seg, size)
-    if kind == "polygon" and any(_num(v) != _num(v) or not math.isfinite(_num(v)) for r in seg for v in r):
+    if kind == "polygon" and not all(math.isfinite(_num(v)) for r in seg for v in r):
         return "polygon coordinate is not a finite number"
     return None
 

@@ -28,8 +28,8 @@ from drywall_core.fsutil import atomic_open, atomic_write_text, ensure_dir, remo
 from drywall_core.procs import imap_processes
 
 MANIFEST = ".masks-manifest.json"
-RENDERER_VERSION = "1"
-SAVE_EVERY_S = 2.0  # bump when rasterisation changes, to invalidate every cached mask
+RENDERER_VERSION = "1"  # bump when rasterisation changes, to invalidate every cached mask
+SAVE_EVERY_S = 2.0  # how often the manifest is saved while rendering (a kill loses at most this much)
 
 
 @dataclass(frozen=True)
