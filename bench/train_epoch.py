@@ -6,9 +6,12 @@ fine-tuning scripts do: every step loads and preprocesses the images and runs th
 (frozen 149.6 M backbone + text tower + decoder), then backpropagates into the decoder. The cached
 loop encodes every image once (fp16 on disk, memory-mapped) and then runs only the decoder.
 Both loops start from the same decoder weights and visit the same batches: their first losses must
-agree (checked below) before their times are compared.
+agree (checked below) before their times are compared. After one warm-up epoch, each loop is timed
+``--repeats`` times and the median is reported (with the spread), so the ratio holds on a noisy
+machine. A breakdown of the cached step (activation reads, decoder forward, backward + optimizer)
+and the heaviest operators (torch.profiler) say what bounds it.
 
-Usage: python -m bench.train_epoch [--images 48] [--batch-size 8] [--epochs 2] [--threads 2]
+Usage: python -m bench.train_epoch [--images 48] [--batch-size 8] [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -40,16 +43,24 @@ def _target(mask: Path, size: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(m.convert("L").resize((size, size), Image.BILINEAR), np.float32) / 255.0)
 
 
-def _epoch(batches, targets, opt, logits_of, steps=None) -> tuple[float, list[float]]:
-    """Time one epoch of decoder updates; ``logits_of(batch)`` is what the two loops differ in."""
+def _epoch(batches, targets, opt, logits_of, steps=None, phases=None) -> tuple[float, list[float]]:
+    """Time one epoch of decoder updates; ``logits_of(batch)`` is what the two loops differ in.
+
+    ``phases`` (a dict) accumulates the seconds of the forward pass and of backward + optimizer step.
+    """
     losses = []
     t0 = time.perf_counter()
     for b, batch in enumerate(batches[:steps]):
+        tf = time.perf_counter()
         loss = mixed_loss(logits_of(batch), targets[b], torch.ones(len(batch), dtype=torch.bool))
+        tb = time.perf_counter()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if phases is not None:
+            phases["forward"] = phases.get("forward", 0.0) + tb - tf
+            phases["backward + step"] = phases.get("backward + step", 0.0) + time.perf_counter() - tb
     return time.perf_counter() - t0, losses
 
 
@@ -64,20 +75,38 @@ def naive_epoch(loaded, batches, targets, opt, steps=None) -> tuple[float, list[
     return _epoch(batches, targets, opt, logits_of, steps)
 
 
-def cached_epoch(loaded, cache, batches, targets, cond, opt, steps=None) -> tuple[float, list[float]]:
+def cached_epoch(loaded, cache, batches, targets, cond, opt, steps=None, phases=None) -> tuple[float, list[float]]:
     """Only the decoder, over memory-mapped activations."""
+    keys = [[image_key(s.image) for s in batch] for batch in batches]  # hashing is not part of a step
+    index = {id(batch): k for batch, k in zip(batches, keys, strict=True)}
 
     def logits_of(batch):
-        return decode(loaded.model, cache.get([image_key(s.image) for s in batch]), cond[: len(batch)])
+        t0 = time.perf_counter()
+        acts = cache.get(index[id(batch)])
+        if phases is not None:
+            phases["activation reads"] = phases.get("activation reads", 0.0) + time.perf_counter() - t0
+        return decode(loaded.model, acts, cond[: len(batch)])
 
-    return _epoch(batches, targets, opt, logits_of, steps)
+    return _epoch(batches, targets, opt, logits_of, steps, phases)
+
+
+def heaviest_ops(fn, top: int = 4) -> list[tuple[str, float]]:
+    """(operator, share of CPU time) of the heaviest operators while ``fn`` runs (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [(e.key, e.self_cpu_time_total / total) for e in events[:top]]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs of each loop; the last one is compared")
+    ap.add_argument("--repeats", type=int, default=3, help="timed epochs of each loop after a warm-up (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--check-steps", type=int, default=3)
     args = ap.parse_args()
@@ -99,15 +128,15 @@ def main() -> None:
         loaded.model.decoder.load_state_dict(init)
         return torch.optim.AdamW(loaded.model.decoder.parameters(), lr=1e-4, weight_decay=1e-4)
 
-    # naive loop
+    # naive loop: one warm-up epoch (its losses are checked below), then the timed repeats
     opt = fresh_opt()
     naive_times, naive_losses = [], []
-    for _ in range(args.epochs):
+    for _ in range(1 + args.repeats):
         t, losses = naive_epoch(loaded, batches, targets, opt)
         naive_times.append(t)
         naive_losses.append(losses)
 
-    # cached loop: build once, then epochs over the cache
+    # cached loop: build once, then the same epochs over the cache
     cache_dir = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     cache = ActivationCache(cache_dir, loaded, "float16")
     t0 = time.perf_counter()
@@ -115,11 +144,12 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     cond = text_embeddings(loaded, [PROMPT]).expand(args.batch_size, -1)
     opt = fresh_opt()
-    cached_times, cached_losses = [], []
-    for _ in range(args.epochs):
-        t, losses = cached_epoch(loaded, cache, batches, targets, cond, opt)
+    cached_times, cached_losses, phases = [], [], {}
+    for i in range(1 + args.repeats):
+        t, losses = cached_epoch(loaded, cache, batches, targets, cond, opt, phases=phases if i else None)
         cached_times.append(t)
         cached_losses.append(losses)
+    ops = heaviest_ops(lambda: cached_epoch(loaded, cache, batches, targets, cond, opt))
 
     # same losses on the first steps (first epoch, same start, same batches)
     k = min(args.check_steps, len(batches))
@@ -133,20 +163,37 @@ def main() -> None:
         raise SystemExit(f"FAIL: cached and naive losses disagree (max relative diff {rel:.3e} > 1e-2)")
 
     n = len(samples)
-    naive_e, cached_e = naive_times[-1], cached_times[-1]
+    naive_e, cached_e = float(np.median(naive_times[1:])), float(np.median(cached_times[1:]))
     ratio = naive_e / cached_e
     epochs20 = (20 * naive_e) / (build_s + 20 * cached_e)
+
+    def spread(times: list[float]) -> str:
+        return f"{min(times[1:]):.2f}-{max(times[1:]):.2f}"
+
     rows = [
-        ["naive (full model every step)", f"{naive_e:.2f}", f"{n / naive_e:.1f}", "1.0x"],
-        ["cached (decoder only)", f"{cached_e:.2f}", f"{n / cached_e:.1f}", f"{ratio:.1f}x"],
-        ["cache build (once, fp16)", f"{build_s:.2f}", f"{n / build_s:.1f}", ""],
-        ["20 epochs incl. cache build", f"{build_s + 20 * cached_e:.1f} vs {20 * naive_e:.1f}", "", f"{epochs20:.1f}x"],
+        ["naive (full model every step)", f"{naive_e:.2f}", spread(naive_times), f"{n / naive_e:.1f}", "1.0x"],
+        ["cached (decoder only)", f"{cached_e:.2f}", spread(cached_times), f"{n / cached_e:.1f}", f"{ratio:.1f}x"],
+        ["cache build (once, fp16)", f"{build_s:.2f}", "", f"{n / build_s:.1f}", ""],
+        [
+            "20 epochs incl. cache build",
+            f"{build_s + 20 * cached_e:.1f} vs {20 * naive_e:.1f}",
+            "",
+            "",
+            f"{epochs20:.1f}x",
+        ],
     ]
     table(
-        f"train epoch {args.epochs} ({n} images, batch {args.batch_size}, CPU {torch.get_num_threads()} threads)",
-        ["loop", "seconds/epoch", "images/s", "vs naive"],
+        f"train epoch, median of {args.repeats} after a warm-up ({n} images, batch {args.batch_size}, "
+        f"CPU {torch.get_num_threads()} threads)",
+        ["loop", "seconds/epoch", "range", "images/s", "vs naive"],
         rows,
     )
+    step_total = sum(phases.values())
+    print(
+        "cached step, where the time goes: "
+        + ", ".join(f"{k} {v / step_total:.0%}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]))
+    )
+    print("heaviest operators of a cached epoch: " + ", ".join(f"{name} {share:.0%}" for name, share in ops))
     mb = sum(p.stat().st_size for p in cache.dir.glob("*.npy")) / 1e6
     print(f"cache on disk: {mb:.0f} MB for {n} images ({mb / n:.2f} MB/image, fp16)")
     print(f"ratio: {ratio:.1f}x")
