@@ -19,6 +19,13 @@ from drywall_core.errors import InputError
 LabelStrength = Literal["strong", "weak"]
 
 
+class RoboflowProject(BaseModel):
+    """Where a dataset is published: the nightly flows pull its latest version from here."""
+
+    workspace: str = Field(min_length=1)
+    project: str = Field(min_length=1)
+
+
 class DatasetSpec(BaseModel):
     """One dataset: its prompt, synonyms for augmentation, and how its labels were drawn."""
 
@@ -28,6 +35,7 @@ class DatasetSpec(BaseModel):
     label_strength: LabelStrength
     categories: str = Field(description="Case-insensitive regex every used category name matches.")
     projects: list[str] = Field(default_factory=list)
+    roboflow: RoboflowProject | None = Field(None, description="Published on Roboflow here (nightly flows).")
 
     @field_validator("categories")
     @classmethod

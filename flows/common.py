@@ -12,9 +12,13 @@ from drywall_core.config import get_settings
 
 
 class Source(BaseModel):
-    """Where an export comes from. ``synthetic`` yields one export per task (cracks, drywall-join)."""
+    """Where an export comes from. ``synthetic`` yields one export per task (cracks, drywall-join).
 
-    kind: Literal["synthetic", "local", "roboflow"] = "synthetic"
+    The kind is always explicit: a flow given no sources at all resolves the latest Roboflow version
+    of every registered dataset (the production default), never the synthetic sample.
+    """
+
+    kind: Literal["synthetic", "local", "roboflow"]
     path: str | None = None
     workspace: str | None = None
     project: str | None = None

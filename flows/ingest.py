@@ -1,4 +1,4 @@
-"""Ingest: pull (or local folder, or synthetic) -> validate -> render masks -> split.
+"""Ingest: pull (latest registered Roboflow versions, or given sources) -> validate -> render masks -> split.
 
 Every export is validated before anything is rendered: one failure fails the flow with its report
 linked in the UI, and nothing downstream runs.
@@ -16,7 +16,15 @@ from drywall_core.samples import masks_dir_for
 from flows.common import Source, data_dir, run_dir
 from flows.fanout import render_masks_flow, run_fanout, use_dask
 from tasks.artifacts import markdown
-from tasks.data import local_task, masks_task, pull_task, split_task, synthetic_task, validate_task
+from tasks.data import (
+    latest_versions_task,
+    local_task,
+    masks_task,
+    pull_task,
+    split_task,
+    synthetic_task,
+    validate_task,
+)
 
 
 def _fetch(source: Source) -> list[tuple[str, str | None]]:
@@ -31,10 +39,19 @@ def _fetch(source: Source) -> list[tuple[str, str | None]]:
     return [(pull_task(source.workspace, source.project, source.version, str(out)), source.dataset)]
 
 
+def latest_sources() -> list[Source]:
+    """The newest Roboflow version of every dataset in the registry (``datasets.yaml``)."""
+    return [Source(kind="roboflow", **found) for found in latest_versions_task()]
+
+
 @flow(name="ingest", log_prints=True)
 def ingest(sources: list[Source] | None = None) -> list[dict[str, Any]]:
-    """Returns one record per export: export folder, dataset, masks folder, split file and counts."""
-    sources = sources or [Source()]
+    """Returns one record per export: export folder, dataset, masks folder, split file and counts.
+
+    With no sources: the latest Roboflow version of every registered dataset, pulled only if this
+    host does not hold it yet.
+    """
+    sources = sources or latest_sources()
     exports = [e for src in sources for e in _fetch(src)]
     reports = run_dir("ingest")
     validated = [validate_task(path, str(reports), dataset) for path, dataset in exports]

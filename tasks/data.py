@@ -16,7 +16,7 @@ from drywall_core.datasets import load_registry
 from drywall_core.errors import CheckFailed
 from drywall_core.exports import ANNOTATION_FILE, open_export
 from drywall_core.masks import render_masks
-from drywall_core.sources import copy_local_export, generate_synthetic, pull_roboflow
+from drywall_core.sources import already_pulled, copy_local_export, generate_synthetic, latest_version, pull_roboflow
 from drywall_core.splits import split_by_source, write_plan
 from drywall_core.validation import fresh_docs_dir, resolve_dataset, validate_export, write_report
 from tasks.artifacts import link, markdown, upload_report
@@ -33,8 +33,12 @@ def _export_content_key(_ctx: TaskRunContext, params: dict[str, Any]) -> str:
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5)
 def pull_task(workspace: str, project: str, version: int, out: str) -> str:
-    """Roboflow download; the SDK call retries itself, this retries the whole pull on top."""
+    """Roboflow download (skipped when ``out`` already holds that version, complete); the SDK call
+    retries itself, this retries the whole pull on top."""
     s = get_settings()
+    if already_pulled(Path(out), workspace, project, version):
+        get_run_logger().info("%s/%s/%s already pulled: %s", workspace, project, version, out)
+        return out
     lineage = pull_roboflow(
         workspace,
         project,
@@ -48,6 +52,25 @@ def pull_task(workspace: str, project: str, version: int, out: str) -> str:
     )
     get_run_logger().info("pulled %s/%s/%s: %s images", workspace, project, version, lineage["images"])
     return out
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5)
+def latest_versions_task() -> list[dict[str, Any]]:
+    """The newest Roboflow version of every dataset in the registry that names its Roboflow project."""
+    s = get_settings()
+    found = []
+    for spec in load_registry(s.datasets_file).datasets.values():
+        if spec.roboflow is None:
+            continue
+        ws, proj = spec.roboflow.workspace, spec.roboflow.project
+        v = latest_version(
+            ws, proj, s.roboflow_key(), retries=s.pull_retries, backoff_s=s.pull_backoff_s, api_url=s.roboflow_api_url
+        )
+        get_run_logger().info("dataset %s: latest Roboflow version %s/%s/%d", spec.name, ws, proj, v)
+        found.append({"dataset": spec.name, "workspace": ws, "project": proj, "version": v})
+    if not found:
+        raise ValueError(f"no dataset in {s.datasets_file or 'datasets.yaml'} names its Roboflow workspace/project")
+    return found
 
 
 @task

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 from drywall_core.errors import DrywallError, InputError
-from drywall_core.exports import missing_images, open_export
+from drywall_core.exports import LINEAGE_FILE, missing_images, open_export
 from drywall_core.sources.atomic import check_target, staged_dir
 from drywall_core.sources.local import write_lineage
 
@@ -87,6 +88,74 @@ def _verify(dest: Path) -> None:
         raise PullError(f"{dest}: download incomplete: {len(missing)} referenced images missing ({shown})")
 
 
+def _point_sdk_at(api_url: str | None) -> None:
+    if api_url:  # the SDK reads API_URL once, at import
+        if "roboflow" in sys.modules and os.environ.get("API_URL") != api_url:
+            log.warning("roboflow already imported; API_URL override %s ignored", api_url)
+        os.environ["API_URL"] = api_url
+
+
+def _with_retries(what: str, attempt_fn, api_key: str, retries: int, backoff_s: float, cleanup=None):
+    """Run one SDK call with exponential backoff on transient faults; a clean, key-free error otherwise."""
+    for attempt in range(retries + 1):
+        try:
+            return attempt_fn()
+        except Exception as exc:  # noqa: BLE001 - classify, retry or re-raise with a clean message
+            msg = redact(f"{type(exc).__name__}: {exc}", api_key)
+            if cleanup:
+                cleanup()
+            if attempt < retries and _is_transient(exc):
+                delay = backoff_s * 2**attempt
+                log.warning("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt + 1, msg, delay)
+                time.sleep(delay)
+                continue
+            raise PullError(f"{what} failed after {attempt + 1} attempt(s): {msg}") from None
+    raise AssertionError("unreachable")
+
+
+def latest_version(
+    workspace: str,
+    project: str,
+    api_key: str | None,
+    *,
+    retries: int = 4,
+    backoff_s: float = 1.0,
+    api_url: str | None = None,
+) -> int:
+    """The newest published version number of a Roboflow project (the SDK's version list)."""
+    if not api_key:
+        raise InputError("no Roboflow API key: set DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY")
+    _point_sdk_at(api_url)
+
+    def ask() -> list[dict]:
+        import roboflow
+
+        err = _Redacting(sys.stderr, api_key)
+        with contextlib.redirect_stdout(err), contextlib.redirect_stderr(err):
+            rf = roboflow.Roboflow(api_key=api_key)
+            return rf.workspace(workspace).project(project).get_version_information()
+
+    info = _with_retries(f"roboflow {workspace}/{project}: listing versions", ask, api_key, retries, backoff_s)
+    numbers = [int(n) for v in info if (n := str(v.get("id", "")).rsplit("/", 1)[-1]).isdigit()]
+    if not numbers:
+        raise PullError(f"roboflow {workspace}/{project}: no dataset version is published")
+    return max(numbers)
+
+
+def already_pulled(out: Path, workspace: str, project: str, version: int) -> bool:
+    """``out`` holds exactly this Roboflow version, complete (lineage matches, every image present)."""
+    lineage_file = Path(out) / LINEAGE_FILE
+    try:
+        lineage = json.loads(lineage_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    same = (lineage.get("workspace"), lineage.get("project"), lineage.get("version")) == (workspace, project, version)
+    try:
+        return same and not missing_images(open_export(Path(out)))
+    except DrywallError:
+        return False
+
+
 def pull_roboflow(
     workspace: str,
     project: str,
@@ -104,27 +173,17 @@ def pull_roboflow(
     check_target(out, overwrite)  # an unusable OUT is said before anything else
     if not api_key:
         raise InputError("no Roboflow API key: set DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY")
-    if api_url:  # the SDK reads API_URL once, at import
-        if "roboflow" in sys.modules and os.environ.get("API_URL") != api_url:
-            log.warning("roboflow already imported; API_URL override %s ignored", api_url)
-        os.environ["API_URL"] = api_url
+    _point_sdk_at(api_url)
     with staged_dir(out, "pull") as tmp:
         dest = tmp / "export"
-        for attempt in range(retries + 1):
-            try:
-                _download(workspace, project, version, dest, api_key)
-                break
-            except Exception as exc:  # noqa: BLE001 - classify, retry or re-raise with a clean message
-                msg = redact(f"{type(exc).__name__}: {exc}", api_key)
-                shutil.rmtree(dest, ignore_errors=True)
-                if attempt < retries and _is_transient(exc):
-                    delay = backoff_s * 2**attempt
-                    log.warning("pull attempt %d failed (%s); retrying in %.1fs", attempt + 1, msg, delay)
-                    time.sleep(delay)
-                    continue
-                raise PullError(
-                    f"roboflow {workspace}/{project}/{version}: download failed after {attempt + 1} attempt(s): {msg}"
-                ) from None
+        _with_retries(
+            f"roboflow {workspace}/{project}/{version}: download",
+            lambda: _download(workspace, project, version, dest, api_key),
+            api_key,
+            retries,
+            backoff_s,
+            cleanup=lambda: shutil.rmtree(dest, ignore_errors=True),
+        )
         _verify(dest)
         lineage = write_lineage(
             dest,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
+from tests.fakes.roboflow_api import FakeRoboflow, zip_export
 from tests.integration.prefect_server import PrefectServer
 
 pytestmark = pytest.mark.integration
@@ -30,12 +33,31 @@ def _run(cmd: list[str], env: dict, timeout: float = 300) -> subprocess.Complete
     return r
 
 
-def test_deploy_all_and_run_through_a_worker(server, tmp_path: Path) -> None:
+API_KEY = "testKey-abc123"
+
+
+def _registry_on(fake: FakeRoboflow, path: Path) -> Path:
+    """The packaged dataset registry with the crack dataset published on the Roboflow stand-in."""
+    registry = yaml.safe_load((REPO / "drywall_core" / "datasets.yaml").read_text())
+    registry["datasets"] = {"cracks": registry["datasets"]["cracks"]}
+    registry["datasets"]["cracks"]["roboflow"] = {"workspace": fake.workspace, "project": fake.project}
+    path.write_text(yaml.safe_dump(registry))
+    return path
+
+
+def test_deploy_all_and_run_through_a_worker(server, sample_data: Path, tmp_path: Path) -> None:
+    """Deployed with production defaults: `ingest` with no parameters pulls the latest version of
+    every registered dataset (here, from the loopback Roboflow stand-in), and pulls it only once."""
+    fake = FakeRoboflow("site-qa", "cracks-3ii36-johwn", 3, zip_export(sample_data / "cracks.v1i.coco"), API_KEY)
+    fake.__enter__()
     env = {
         **server.env(),
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "DRYWALL_REPO": str(REPO),
         "DRYWALL_HOME": str(tmp_path / "home"),
+        "DRYWALL_ROBOFLOW_API_URL": fake.url,
+        "DRYWALL_ROBOFLOW_API_KEY": API_KEY,
+        "DRYWALL_DATASETS_FILE": str(_registry_on(fake, tmp_path / "datasets.yaml")),
     }
     _run(["bash", "deployments/create-pools.sh"], env)
     _run(["bash", "deployments/create-pools.sh"], env)  # idempotent
@@ -65,15 +87,19 @@ def test_deploy_all_and_run_through_a_worker(server, tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    run_ingest = [str(BIN / "prefect"), "deployment", "run", "ingest/ingest", "--watch", "--watch-timeout", "300"]
     try:
-        run = _run(
-            [str(BIN / "prefect"), "deployment", "run", "ingest/ingest", "--watch", "--watch-timeout", "300"],
-            env,
-            timeout=360,
-        )
-        assert "Completed" in run.stdout
+        assert "Completed" in _run(run_ingest, env, timeout=360).stdout
+        assert fake.downloads == 1
+        assert "Completed" in _run(run_ingest, env, timeout=360).stdout
+        assert fake.downloads == 1, "the same version is not pulled twice"
+        fake.version = 4  # a new version is published on Roboflow
+        assert "Completed" in _run(run_ingest, env, timeout=360).stdout
+        assert fake.downloads == 2, "a new version is pulled"
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)
-    exports = list((tmp_path / "home" / "data").rglob("_annotations.coco.json"))
-    assert exports, "the worker ran the ingest flow with the deployment's default parameters"
+        fake.__exit__(None, None, None)
+    lineage = list((tmp_path / "home" / "data").rglob("drywall_lineage.json"))
+    assert sorted(json.loads(p.read_text())["version"] for p in lineage) == [3, 4], "the latest, from the registry"
+    assert not list((tmp_path / "home" / "data").glob("synthetic*")), "no synthetic data by default"
