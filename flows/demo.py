@@ -35,7 +35,8 @@ def run_demo(settings: Settings, console: Console | None = None) -> dict[str, An
     if not (tiny / "config.json").is_file():
         init_tiny(tiny)
     t0 = time.perf_counter()
-    summary = retrain(sources=[Source(kind="synthetic")], base_model=str(tiny), overrides=DEMO_OVERRIDES)
+    # force: a second demo run re-trains on the same sample to show the gate judging it
+    summary = retrain(sources=[Source(kind="synthetic")], base_model=str(tiny), overrides=DEMO_OVERRIDES, force=True)
     reg = registry()
     champion = reg.champion_version()
     title = f"drywall-qa demo: retrain flow in {time.perf_counter() - t0:.0f}s"

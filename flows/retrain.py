@@ -16,11 +16,13 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from drywall_core.config import get_settings
+from drywall_core.snapshots import nothing_new
 from drywall_core.storage import LocalStore
 from flows.common import Source, run_dir
 from flows.ingest import ingest
 from flows.train import train_flow
 from tasks.artifacts import image, link, markdown, upload_report
+from tasks.data import trained_from_task
 from tasks.model import evaluate_task
 from tasks.registry import fetch_champion_task, gate_task, promote_task, publish_task, registry
 
@@ -68,12 +70,32 @@ def retrain(
     base_model: str | None = None,
     overrides: dict[str, Any] | None = None,
     train_deployment: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Retrain on fresh data and promote the candidate only if it beats the champion."""
+    """Retrain on fresh data and promote the candidate only if it beats the champion.
+
+    Nothing new -- the same dataset snapshots, base model and training config as the champion's --
+    means no training and nothing published (the run still completes); ``force`` trains anyway.
+    """
     settings = get_settings()
     base_model = base_model or settings.base_model
     records = ingest(sources)
     exports, datasets = [r["export"] for r in records], [r["dataset"] for r in records]
+    train_config = settings.train.model_copy(update=overrides or {}).model_dump()
+    trained_from = trained_from_task(exports, datasets, base_model, train_config)
+    reg = registry()
+    current = reg.champion_version()
+    differs = nothing_new(trained_from, reg.show(current) if current else None)
+    if not differs and not force:
+        note = (
+            f"Nothing new: champion {current} was trained on the same dataset snapshots, base model and "
+            "training config. No training, nothing published (pass force=true to retrain anyway).\n\n"
+            + "\n".join(f"- {name}: `{sid[:16]}`" for name, sid in trained_from["snapshots"].items())
+        )
+        get_run_logger().info("retrain: nothing new since champion %s; not training", current)
+        markdown(note, "retrain-nothing-new", "why this run trained nothing")
+        return {"version": None, "promoted": False, "reason": "nothing new", "champion": current, "trained": False}
+    get_run_logger().info("retrain: training (%s)", "forced" if not differs else "; ".join(differs))
     work = run_dir("retrain")
     result = _train(exports, datasets, base_model, work / "train", overrides, train_deployment)
 
@@ -84,7 +106,8 @@ def retrain(
     decision = gate_task(result["metrics"], champ_metrics)
     lineage = [{"export": r["export"], "dataset": r["dataset"], "counts": r["counts"]} for r in records]
     record = publish_task(
-        result["artifact"], {"lineage": lineage, "flow_run_id": str(flow_run.get_id()), "gate": decision}
+        result["artifact"],
+        {"lineage": lineage, "flow_run_id": str(flow_run.get_id()), "gate": decision, "trained_from": trained_from},
     )
     outcome = promote_task(record["version"], champion["etag"] if champion else None, decision)
 
@@ -97,7 +120,6 @@ def retrain(
     urls = {name: upload_report(Path(result[name]), run_id) for name in ("metrics", "table", "grid", "curve")}
     link(urls["metrics"], "candidate metrics.json", "retrain-metrics", "per-prompt metrics, sweep, robustness")
     link(urls["curve"], "training curve", "retrain-training-curve")
-    reg = registry()
     if isinstance(reg.store, LocalStore):  # a browser will not render file:// images
         link(urls["grid"], "best/worst predictions (PNG)", "retrain-best-worst")
     else:  # presigned S3 URL
@@ -111,6 +133,7 @@ def retrain(
         "candidate_metrics": result["metrics"],
         "reports": str(work),
         "previous_champion": champion["version"] if champion else None,
+        "trained": True,
     }
     get_run_logger().info(
         "retrain: candidate %s %s (%s)",

@@ -125,3 +125,16 @@ def split_task(export: str, out: str) -> dict[str, int]:
     plan = split_by_source(open_export(Path(export)), s.split_seed, s.val_fraction)
     write_plan(plan, Path(out))
     return json.loads(plan.to_json())["counts"]
+
+
+@task
+def trained_from_task(exports: list[str], datasets: list[str], base_model: str, train_config: dict) -> dict[str, Any]:
+    """Snapshot ids of the ingested datasets, the base model's fingerprint and the training config."""
+    from drywall_core.model import base_fingerprint
+    from drywall_core.samples import collect_samples
+    from drywall_core.snapshots import snapshot_ids, training_identity
+
+    samples, _ = collect_samples([Path(e) for e in exports], get_settings(), datasets)
+    identity = training_identity(snapshot_ids(samples), base_fingerprint(base_model), train_config)
+    get_run_logger().info("snapshots: %s", identity["snapshots"])
+    return identity

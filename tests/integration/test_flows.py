@@ -88,6 +88,17 @@ def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model
     champion_manifest = reg.show(first["version"])
     assert champion_manifest["lineage"][0]["dataset"] in ("cracks", "drywall-join")
     assert {"decoder.safetensors", "config.json", "metrics.json"} <= set(champion_manifest["files"])
+    trained_from = champion_manifest["trained_from"]
+    assert set(trained_from["snapshots"]) == {"cracks", "drywall-join"}
+    assert trained_from["train_config"]["lr"] == GOOD["lr"] and trained_from["base_fingerprint"]
+
+    state = retrain(  # the same data, model and recipe again: nothing new
+        sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=GOOD, return_state=True
+    )
+    same = state.result()
+    assert same["trained"] is False and same["reason"] == "nothing new" and same["version"] is None
+    assert state.is_completed() and reg.versions() == [first["version"]], "nothing trained, nothing published"
+    assert "Nothing new" in _artifacts(state.state_details.flow_run_id)["retrain-nothing-new"].data
 
     state = retrain(
         sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=BAD, return_state=True
