@@ -18,7 +18,7 @@ from typing import Annotated
 import pydantic
 import typer
 
-from drywall_core.config import TrainConfig, get_settings
+from drywall_core.config import TrainConfig, get_settings, resolve_train_config
 from drywall_core.errors import CheckFailed, DrywallError, InputError, Interrupted
 
 app = typer.Typer(
@@ -258,6 +258,10 @@ def train(
     overwrite: Annotated[
         bool, typer.Option(help="Start afresh in an existing run folder (its files are removed).")
     ] = False,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Named training recipe, e.g. tiny-demo (default: DRYWALL_TRAIN_PROFILE, none)."),
+    ] = None,
 ) -> None:
     """Fine-tune the CLIPSeg decoder on the frozen-activation cache, evaluate it, write the artifact."""
     from drywall_core.model import load_model
@@ -271,7 +275,7 @@ def train(
         for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, flip=flip).items()
         if v is not None
     }
-    cfg = s.train.model_copy(update=overrides)
+    cfg = resolve_train_config(s.train, profile or s.train_profile, overrides)
     _claim_run_folder(out, resume=resume, overwrite=overwrite)
     samples, specs = _samples(export, dataset)
     record_run_inputs(out, export, list(specs), s)

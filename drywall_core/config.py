@@ -34,6 +34,23 @@ class TrainConfig(BaseModel):
     cache_batch_size: int = Field(8, ge=1)
 
 
+TRAIN_PROFILES: dict[str, dict[str, object]] = {
+    # The defaults of TrainConfig are the production recipe for the real CLIPSeg decoder. A profile is
+    # a named recipe for another situation, chosen explicitly (--profile, DRYWALL_TRAIN_PROFILE, or a
+    # flow parameter), never a silent default.
+    "tiny-demo": {"epochs": 20, "lr": 1e-2, "batch_size": 8, "patience": 20},  # the generated tiny model
+}
+
+
+def resolve_train_config(base: TrainConfig, profile: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """``base`` (settings), then the named profile, then explicit overrides."""
+    from drywall_core.errors import InputError
+
+    if profile and profile not in TRAIN_PROFILES:
+        raise InputError(f"unknown training profile '{profile}' (known: {', '.join(sorted(TRAIN_PROFILES))})")
+    return base.model_copy(update={**(TRAIN_PROFILES.get(profile or "", {})), **(overrides or {})})
+
+
 class GateConfig(BaseModel):
     """Promotion gate: floors per prompt, no regression beyond a tolerance, a minimum improvement."""
 
@@ -119,6 +136,7 @@ class Settings(BaseSettings):
     # Model and training (nested: DRYWALL_TRAIN__EPOCHS=30)
     base_model: str = Field(default="CIDAS/clipseg-rd64-refined", description="Hub id or local folder.")
     train: TrainConfig = Field(default_factory=TrainConfig)
+    train_profile: str | None = Field(default=None, description="Named training recipe (TRAIN_PROFILES), if any.")
 
     @field_validator("home", mode="after")
     @classmethod

@@ -18,7 +18,7 @@ from rich.table import Table
 from drywall_core.config import Settings
 from drywall_core.model import init_tiny
 
-DEMO_OVERRIDES = {"epochs": 20, "lr": 1e-2, "batch_size": 8, "patience": 20}
+DEMO_PROFILE = "tiny-demo"  # the recipe the generated tiny model needs (drywall_core.config.TRAIN_PROFILES)
 
 
 def run_demo(settings: Settings, console: Console | None = None) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def run_demo(settings: Settings, console: Console | None = None) -> dict[str, An
         init_tiny(tiny)
     t0 = time.perf_counter()
     # force: a second demo run re-trains on the same sample to show the gate judging it
-    summary = retrain(sources=[Source(kind="synthetic")], base_model=str(tiny), overrides=DEMO_OVERRIDES, force=True)
+    summary = retrain(sources=[Source(kind="synthetic")], base_model=str(tiny), profile=DEMO_PROFILE, force=True)
     reg = registry()
     champion = reg.champion_version()
     title = f"drywall-qa demo: retrain flow in {time.perf_counter() - t0:.0f}s"

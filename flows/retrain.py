@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from drywall_core.config import get_settings
+from drywall_core.config import get_settings, resolve_train_config
 from drywall_core.snapshots import nothing_new
 from drywall_core.storage import LocalStore
 from flows.common import Source, run_dir
@@ -71,6 +71,7 @@ def retrain(
     overrides: dict[str, Any] | None = None,
     train_deployment: str | None = None,
     force: bool = False,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """Retrain on fresh data and promote the candidate only if it beats the champion.
 
@@ -81,7 +82,8 @@ def retrain(
     base_model = base_model or settings.base_model
     records = ingest(sources)
     exports, datasets = [r["export"] for r in records], [r["dataset"] for r in records]
-    train_config = settings.train.model_copy(update=overrides or {}).model_dump()
+    # the whole recipe travels as a parameter, so a GPU host trains with exactly what is recorded here
+    train_config = resolve_train_config(settings.train, profile or settings.train_profile, overrides).model_dump()
     trained_from = trained_from_task(exports, datasets, base_model, train_config)
     reg = registry()
     current = reg.champion_version()
@@ -97,7 +99,7 @@ def retrain(
         return {"version": None, "promoted": False, "reason": "nothing new", "champion": current, "trained": False}
     get_run_logger().info("retrain: training (%s)", "forced" if not differs else "; ".join(differs))
     work = run_dir("retrain")
-    result = _train(exports, datasets, base_model, work / "train", overrides, train_deployment)
+    result = _train(exports, datasets, base_model, work / "train", train_config, train_deployment)
 
     champion = fetch_champion_task(str(work / "champion"))
     champ_metrics = (

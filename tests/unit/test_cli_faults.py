@@ -72,6 +72,7 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
         "train": [
             (["--export", export, "--out", afile, "--model", tiny], 2, str(afile)),
             (["--export", missing, "--out", tmp / "run"], 2, str(missing)),
+            (["--export", export, "--out", tmp / "run2", "--profile", "nope"], 2, "unknown training profile 'nope'"),
         ],
         "evaluate": [
             (["--model", tiny, "--export", export, "--out", afile], 2, str(afile)),

@@ -106,3 +106,14 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tiny_model_dir, sy
         _train(tiny_model_dir, synthetic_samples, run, cache, epochs=1, lr=1e-5, resume=True)
     assert str(run / "checkpoint.pt") in str(err.value)
     assert (run / "checkpoint.pt").read_bytes() == before, "the refused resume leaves the checkpoint alone"
+
+
+def test_named_profile_sits_between_settings_and_explicit_overrides() -> None:
+    from drywall_core.config import TRAIN_PROFILES, resolve_train_config
+
+    base = TrainConfig(epochs=7, weight_decay=0.3)
+    demo = resolve_train_config(base, "tiny-demo")
+    assert demo.lr == TRAIN_PROFILES["tiny-demo"]["lr"] and demo.epochs == TRAIN_PROFILES["tiny-demo"]["epochs"]
+    assert demo.weight_decay == 0.3, "what the profile does not name comes from settings"
+    assert resolve_train_config(base, "tiny-demo", {"epochs": 3}).epochs == 3, "explicit overrides win"
+    assert resolve_train_config(base) == base, "no profile: the settings' (production) recipe"
