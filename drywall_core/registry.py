@@ -163,6 +163,24 @@ class ModelRegistry:
         if current and current[0]["version"] == version:
             return {**current[0], "unchanged": True}
         previous = current[0]["version"] if current else None
+        alias = self._write_alias(version, record, previous, expected)
+        self.audit({"action": action, "version": version, "previous": previous, "reason": reason, "decision": decision})
+        return alias
+
+    def force_promote(self, version: str, reason: str = "manual repair") -> dict[str, Any]:
+        """Repair: point the champion at ``version`` whatever the alias holds now (even corrupt); audited."""
+        record = self.verify(version)
+        got = self.store.read_versioned(self.alias_key)
+        try:  # the alias being replaced, read once: its etag guards the write, its version is kept
+            previous = self._record(self.alias_key, got[0], ("version",))["version"] if got else None
+        except CorruptRecord:
+            previous = None
+        alias = self._write_alias(version, record, previous if previous != version else None, got[1] if got else None)
+        self.audit({"action": "forced-promote", "version": version, "previous": previous, "reason": reason})
+        return alias
+
+    def _write_alias(self, version: str, record: dict[str, Any], previous: str | None, expected: str | None) -> dict:
+        """Point the champion alias at ``version``: create it (``expected`` None) or compare-and-swap."""
         alias = {
             "version": version,
             "sha256": sha256_bytes(json.dumps(record, sort_keys=True).encode()),
@@ -174,29 +192,6 @@ class ModelRegistry:
             self.store.create(self.alias_key, body)
         else:
             self.store.replace(self.alias_key, body, expected)
-        self.audit({"action": action, "version": version, "previous": previous, "reason": reason, "decision": decision})
-        return alias
-
-    def force_promote(self, version: str, reason: str = "manual repair") -> dict[str, Any]:
-        """Repair: point the champion at ``version`` whatever the alias holds now (even corrupt); audited."""
-        record = self.verify(version)
-        got = self.store.read_versioned(self.alias_key)
-        try:
-            previous = self.champion_version()
-        except CorruptRecord:
-            previous = None
-        alias = {
-            "version": version,
-            "sha256": sha256_bytes(json.dumps(record, sort_keys=True).encode()),
-            "promoted_at": now(),
-            "previous": previous if previous != version else None,
-        }
-        body = json.dumps(alias, indent=2).encode()
-        if got is None:
-            self.store.create(self.alias_key, body)
-        else:
-            self.store.replace(self.alias_key, body, got[1])
-        self.audit({"action": "forced-promote", "version": version, "previous": previous, "reason": reason})
         return alias
 
     def settle(self, version: str, expected: str | None, decision: dict[str, Any]) -> dict[str, Any]:
