@@ -222,10 +222,11 @@ RUN_MARKERS = ("checkpoint.pt", "metrics.jsonl", "train_summary.json")
 
 def _claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """A run folder holds one run: an existing one is continued (--resume) or replaced (--overwrite)."""
+    from drywall_core.fsutil import refuse_non_folder
+
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: output folder is a file")
+    refuse_non_folder(out)
     if not out.is_dir() or not any(out.iterdir()) or resume:
         return
     if not overwrite:

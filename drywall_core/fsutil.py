@@ -52,11 +52,19 @@ def remove_stale_temps(folder: Path) -> int:
     return removed
 
 
-def ensure_dir(path: Path) -> Path:
-    """Create an output folder, or say in one line why it cannot be one (exit 2)."""
+def refuse_non_folder(path: Path) -> None:
+    """An output folder cannot be (or sit under) a file: say so in one line (exit 2)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: output folder is a file")
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise OutputError(f"{path}: a parent of the output folder is a file")
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create an output folder, or say in one line why it cannot be one (exit 2)."""
+    path = Path(path)
+    refuse_non_folder(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

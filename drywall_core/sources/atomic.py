@@ -9,15 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from drywall_core.errors import InputError, OutputError
+from drywall_core.errors import InputError
+from drywall_core.fsutil import refuse_non_folder
 
 
 def check_target(out: Path, overwrite: bool) -> None:
     """Refuse to clobber a non-empty folder unless asked to."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: output folder is a file")
-    if any(p.exists() and not p.is_dir() for p in out.parents):
-        raise OutputError(f"{out}: a parent of the output folder is a file")
+    refuse_non_folder(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
 
