@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from drywall_core.errors import InputError
 from drywall_core.fsutil import atomic_open, atomic_write_text
-from drywall_core.images import displayed_size, open_rgb
+from drywall_core.images import decode_rgb, displayed_size, open_rgb
 from drywall_core.procs import imap_processes
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -64,9 +64,9 @@ def image_features(path: Path, max_pixels: int = 64_000_000) -> dict[str, float]
     if size == 0:
         raise ValueError("empty file (0 bytes)")
     try:
-        rgb = open_rgb(path, max_pixels, draft=(FEATURE_SIZE * 2, FEATURE_SIZE * 2))
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # one open: the displayed size, then a reduced-scale decode
             w, h = displayed_size(im)
+            rgb = decode_rgb(im, max_pixels, draft=(FEATURE_SIZE * 2, FEATURE_SIZE * 2))
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason to skip

@@ -62,20 +62,20 @@ def pixel_limit(max_pixels: int | None = None) -> int:
     return get_settings().max_image_pixels
 
 
-def open_rgb(
-    path: Path | str,
-    max_pixels: int | None = None,
-    draft: tuple[int, int] | None = None,
-) -> Image.Image:
-    """Decode ``path`` as displayed (EXIF orientation applied), 8-bit RGB, within the pixel limit.
+def decode_rgb(im: Image.Image, max_pixels: int | None = None, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an opened image as displayed (EXIF orientation applied), 8-bit RGB, within the pixel limit.
 
     ``draft`` lets JPEG decode at a reduced scale of at least that size (drift features).
-    Raises :class:`ImageTooLarge`, ``OSError`` or PIL's errors for unreadable files.
     """
+    check_pixels(im, pixel_limit(max_pixels))
+    if draft is not None:
+        im.draft("RGB", draft)
+    im.load()
+    return to_8bit_rgb(ImageOps.exif_transpose(im))
+
+
+def open_rgb(path: Path | str, max_pixels: int | None = None, draft: tuple[int, int] | None = None) -> Image.Image:
+    """:func:`decode_rgb` of the file at ``path``; raises :class:`ImageTooLarge`, ``OSError`` or PIL's
+    errors for unreadable files."""
     with Image.open(path) as im:
-        check_pixels(im, pixel_limit(max_pixels))
-        if draft is not None:
-            im.draft("RGB", draft)
-        im.load()
-        oriented = ImageOps.exif_transpose(im)
-        return to_8bit_rgb(oriented)
+        return decode_rgb(im, max_pixels, draft)
