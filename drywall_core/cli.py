@@ -145,6 +145,28 @@ def split(
 
 
 @app.command()
+def ingest(
+    export: ExportArg,
+    dataset: DatasetOpt = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write the JSON validation report here (Data Docs beside it).")
+    ] = None,
+) -> None:
+    """Validate, render masks, split and store the export as a dataset snapshot; prints its reference."""
+    from drywall_core.ingest import ingest_export
+    from drywall_core.storage import store_from_settings
+
+    s = get_settings()
+    store = store_from_settings(s)
+    record = ingest_export(export, s, store, dataset, report, progress=True)
+    c = record["counts"]
+    typer.echo(
+        f"snapshot {record['ref']}: {c['train_images']} train / {c['val_images']} val images, "
+        f"{record['uploaded_files']} files uploaded -> {record['uri']}"
+    )
+
+
+@app.command()
 def sample(
     out: Annotated[Path, typer.Option(help="Folder for the synthetic exports.")],
     seed: Annotated[int, typer.Option(help="Seed of the generated images and annotations.")] = 0,
@@ -209,11 +231,14 @@ DatasetsOpt = Annotated[
 ]
 
 
-def _samples(exports: list[Path], datasets: list[str] | None):
+def _samples(exports: list[Path], datasets: list[str] | None, validate: bool = False):
+    from drywall_core.ingest import validated_samples
     from drywall_core.samples import collect_samples
 
     if datasets and len(datasets) != len(exports):
         raise InputError(f"--dataset given {len(datasets)} times for {len(exports)} --export folders")
+    if validate:  # training validates like the ingest flow: bad annotations never reach a model
+        return validated_samples(exports, datasets, get_settings(), progress=True)
     return collect_samples(exports, get_settings(), datasets, progress=True)
 
 
@@ -278,7 +303,7 @@ def train(
     }
     cfg = resolve_train_config(s.train, profile or s.train_profile, overrides)
     _claim_run_folder(out, resume=resume, overwrite=overwrite)
-    samples, specs = _samples(export, dataset)
+    samples, specs = _samples(export, dataset, validate=True)
     record_run_inputs(out, export, list(specs), s)
     loaded = load_model(model or s.base_model)
     result = run_train(loaded, samples, specs, cfg, out, s.cache_root, resume=resume)

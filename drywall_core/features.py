@@ -102,8 +102,9 @@ def load_rgb(path: Path, flip: bool = False) -> Image.Image:
 # The cache
 
 
-def image_key(path: Path, flip: bool = False) -> str:
-    h = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def image_key(path: Path, flip: bool = False, sha256: str | None = None) -> str:
+    """Cache key of a view: the image's sha256 (given, or read from the file), ``:flip`` if mirrored."""
+    h = sha256 or hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return f"{h}:flip" if flip else h
 
 
@@ -111,11 +112,20 @@ def image_key(path: Path, flip: bool = False) -> str:
 class CacheItem:
     path: Path
     flip: bool = False
+    sha256: str | None = None
+
+    @property
+    def key(self) -> str:
+        return image_key(self.path, self.flip, self.sha256)
 
 
 def cache_items(samples: Sequence[Any], flip: bool) -> list[CacheItem]:
     """What training reads: every image, plus the mirrored view of training images when ``flip``."""
-    return [CacheItem(s.image, f) for s in samples for f in ((False, True) if flip and s.side == "train" else (False,))]
+    return [
+        CacheItem(s.image, f, getattr(s, "sha256", None))
+        for s in samples
+        for f in ((False, True) if flip and s.side == "train" else (False,))
+    ]
 
 
 class ActivationCache:
@@ -165,7 +175,7 @@ class ActivationCache:
         on_batch: Any = None,
     ) -> dict[str, int]:
         """Encode every item not yet cached; returns counts. Safe to interrupt and call again."""
-        keys = list(keys) if keys is not None else [image_key(it.path, it.flip) for it in items]
+        keys = list(keys) if keys is not None else [it.key for it in items]
         todo = self.pending(items, keys)
         bar = tqdm(total=len(todo), desc="activation cache", unit="img", disable=None if progress and todo else True)
         try:
@@ -224,3 +234,72 @@ class ActivationCache:
         for p in dead:
             os.unlink(p)
         return len(dead)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache shared through the artifact store
+
+
+class SharedCache:
+    """The activation cache mirrored in the artifact store, so a fresh GPU host encodes only what
+    no host has encoded before.
+
+    Entries live at ``cache/<fingerprint>-<dtype>/<image sha256>[.flip].npy`` (one view each,
+    content-addressed: the same image under the same model is the same entry on every host).
+    :meth:`build` downloads what the store has and this host lacks, encodes the rest through the
+    local cache, and uploads what it encoded.
+    """
+
+    GROUP = 32  # downloaded views per local shard
+
+    def __init__(self, cache: ActivationCache, store: Any) -> None:
+        self.cache, self.store = cache, store
+        self.prefix = f"cache/{cache.dir.name}/"
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return key.replace(":", ".") + ".npy"
+
+    def _remote(self) -> set[str]:
+        return {k[len(self.prefix) :] for k in self.store.list(self.prefix)}
+
+    def _download(self, keys: Sequence[str]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        from io import BytesIO
+
+        with ThreadPoolExecutor(8) as pool:
+            rows = list(pool.map(lambda k: np.load(BytesIO(self.store.get_bytes(self.prefix + self._name(k)))), keys))
+        arr = np.stack(rows).astype(self.cache.dtype, copy=False)
+        name = f"shard-{uuid.uuid4().hex[:12]}.npy"
+        with atomic_open(self.cache.dir / name, "wb") as f:
+            np.save(f, arr)
+        self.cache.register(name, list(keys), list(arr.shape[1:]))
+
+    def _upload(self, key: str) -> None:
+        from io import BytesIO
+
+        shard, row = self.cache.entries[key]
+        buf = BytesIO()
+        np.save(buf, np.asarray(self.cache._map(shard)[row]))
+        self.store.put_bytes(self.prefix + self._name(key), buf.getvalue())
+
+    def build(
+        self, items: Sequence[CacheItem], batch_size: int = 8, progress: bool = True, keys: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Download, encode what is left, upload; returns encoded/downloaded/uploaded/cached counts."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = list(keys) if keys is not None else [it.key for it in items]
+        remote = self._remote()
+        wanted = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        fetch = [k for k in wanted if self._name(k) in remote]
+        bar = tqdm(total=len(fetch), desc="shared cache", unit="view", disable=None if progress and fetch else True)
+        for start in range(0, len(fetch), self.GROUP):
+            self._download(fetch[start : start + self.GROUP])
+            bar.update(len(fetch[start : start + self.GROUP]))
+        bar.close()
+        stats = self.cache.build(items, batch_size, progress, keys=keys)
+        push = [k for k in dict.fromkeys(keys) if self._name(k) not in remote]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(self._upload, push))
+        return {**stats, "downloaded": len(fetch), "uploaded": len(push)}

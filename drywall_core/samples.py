@@ -29,6 +29,7 @@ class Sample:
     dataset: str
     side: str  # "train" or "val"
     source: str
+    sha256: str | None = None  # of the image, when known (snapshots): spares hashing it again
 
 
 def export_samples(

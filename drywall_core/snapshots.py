@@ -1,19 +1,42 @@
-"""Dataset snapshots: a content id per dataset, and "is there anything new to train on?".
+"""Dataset snapshots: the hand-off between ingest and every stage after it.
 
-A snapshot id is the sha256 of a manifest listing, per image, the sha256 of the image, the sha256
-of its mask and its split side. The same Roboflow version ingested twice gives the same id; any
-changed pixel, annotation or split assignment gives another. A retrain whose snapshots, base model
-and training config all equal those its champion was trained on has nothing new to learn.
+A snapshot is one validated, rendered and split dataset, stored in the artifact store as
+``datasets/<name>/<snapshot id>/`` (``manifest.json``, ``images/<sha256><ext>``,
+``masks/<sha256>.png``). Its id is the sha256 of the manifest's content lines -- per image, the
+sha256 of the image, the sha256 of its mask and its split side -- so the same Roboflow version
+ingested twice gives the same id, and any changed pixel, annotation or split assignment another.
+
+Downstream stages take ``<name>/<snapshot id>`` references, never host paths: each host fetches
+the files it lacks into its own content-addressed cache (``$DRYWALL_HOME/blobs``) and reads masks
+and sides from the manifest -- nothing is re-rendered or re-split after ingest. A retrain whose
+snapshots, base model and training config all equal those its champion was trained on has nothing
+new to learn.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from drywall_core.datasets import DatasetSpec
+from drywall_core.errors import CheckFailed, InputError
+from drywall_core.exports import LINEAGE_FILE, Export
 from drywall_core.fsutil import sha256_file
 from drywall_core.samples import Sample
+from drywall_core.splits import SplitPlan
+from drywall_core.storage import ArtifactStore, Conflict
+
+log = logging.getLogger(__name__)
+PREFIX = "datasets"
+MANIFEST = "manifest.json"
+FORMAT = 1
 
 
 def snapshot_ids(samples: Sequence[Sample]) -> dict[str, str]:
@@ -45,3 +68,186 @@ def nothing_new(candidate: dict[str, Any], champion_manifest: dict[str, Any] | N
         for key in ("snapshots", "base_fingerprint", "train_config")
         if recorded.get(key) != candidate.get(key)
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots in the artifact store
+
+
+def snapshot_id(entries: Iterable[dict[str, Any]]) -> str:
+    """The content id of a manifest's image entries (the same lines as :func:`snapshot_ids`)."""
+    rows = sorted(f"{e['sha256']} {e['mask_sha256']} {e['side']}" for e in entries)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def ref_of(dataset: str, sid: str) -> str:
+    return f"{dataset}/{sid}"
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """``<dataset>/<snapshot id>`` -> (dataset, id); anything else is refused by name."""
+    name, _, sid = str(ref).partition("/")
+    if not name or len(sid) != 64 or any(c not in "0123456789abcdef" for c in sid):
+        raise InputError(f"'{ref}': a snapshot reference is <dataset>/<64 hex digit snapshot id>")
+    return name, sid
+
+
+def snapshot_key(ref: str, name: str = MANIFEST) -> str:
+    dataset, sid = parse_ref(ref)
+    return f"{PREFIX}/{dataset}/{sid}/{name}"
+
+
+def build_manifest(
+    export: Export,
+    spec: DatasetSpec,
+    masks_dir: Path,
+    plan: SplitPlan,
+    validation: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The manifest of one rendered, split export, and the local file behind every blob it names."""
+    files: dict[str, Path] = {}
+    entries = []
+    for side, items in (("train", plan.train), ("val", plan.val)):
+        for it in items:
+            image = export.splits[it.export_split].dir / it.file_name
+            mask = masks_dir / it.export_split / f"{Path(it.file_name).stem}.png"
+            if not mask.is_file():
+                raise InputError(f"{mask}: mask missing for {image} (render masks before the snapshot)")
+            img_sha, mask_sha = sha256_file(image), sha256_file(mask)
+            ext = Path(it.file_name).suffix.lower() or ".img"
+            files[f"images/{img_sha}{ext}"] = image
+            files[f"masks/{mask_sha}.png"] = mask
+            entries.append(
+                {
+                    "file": f"{it.export_split}/{it.file_name}",
+                    "sha256": img_sha,
+                    "ext": ext,
+                    "mask_sha256": mask_sha,
+                    "side": side,
+                    "source": it.source,
+                }
+            )
+    lineage_file = export.root / LINEAGE_FILE
+    lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
+    manifest = {
+        "format": FORMAT,
+        "dataset": spec.name,
+        "snapshot": snapshot_id(entries),
+        "spec": spec.model_dump(mode="json"),
+        "lineage": lineage,
+        "validation": validation,
+        "split": {
+            "seed": plan.seed,
+            "val_fraction": plan.val_fraction,
+            **json.loads(plan.to_json())["counts"],
+        },
+        "images": sorted(entries, key=lambda e: e["file"]),
+    }
+    return manifest, files
+
+
+def publish_snapshot(
+    store: ArtifactStore, manifest: dict[str, Any], files: dict[str, Path], progress: bool = False
+) -> dict[str, Any]:
+    """Upload the blobs the store lacks, then the manifest (last: a manifest means complete).
+
+    Idempotent: the same content publishes to the same id, and a second publish uploads nothing.
+    """
+    ref = ref_of(manifest["dataset"], manifest["snapshot"])
+    base = snapshot_key(ref, "")
+    present = {k[len(base) :] for k in store.list(base)}
+    todo = [(name, path) for name, path in sorted(files.items()) if name not in present]
+    bar = tqdm(total=len(todo), desc=f"snapshot {ref[:24]}", unit="file", disable=None if progress else True)
+    with bar, ThreadPoolExecutor(8) as pool:
+        for _ in pool.map(lambda item: store.put_file(item[1], base + item[0]), todo):
+            bar.update()
+    uploaded = MANIFEST not in present
+    if uploaded:
+        try:
+            store.create(base + MANIFEST, json.dumps(manifest, indent=1).encode())
+        except Conflict:  # someone published the same content meanwhile: the same snapshot
+            uploaded = False
+    log.info("snapshot %s: %d files uploaded, %d already stored", ref, len(todo), len(files) - len(todo))
+    return {
+        "ref": ref,
+        "dataset": manifest["dataset"],
+        "snapshot": manifest["snapshot"],
+        "uri": f"{store.url}/{base}".rstrip("/"),
+        "uploaded_files": len(todo),
+        "counts": {k: manifest["split"][k] for k in ("train_images", "val_images", "train_sources", "val_sources")},
+    }
+
+
+def read_manifest(store: ArtifactStore, ref: str) -> dict[str, Any]:
+    """A snapshot's manifest, checked against its id (a manifest edited in place is refused)."""
+    key = snapshot_key(ref)
+    try:
+        manifest = json.loads(store.get_bytes(key))
+    except json.JSONDecodeError as exc:
+        raise CheckFailed(f"{store.url}/{key}: not a snapshot manifest ({exc.msg})") from None
+    if snapshot_id(manifest.get("images", [])) != parse_ref(ref)[1]:
+        raise CheckFailed(f"{store.url}/{key}: content does not match snapshot id {parse_ref(ref)[1][:16]}")
+    return manifest
+
+
+def blob_path(home: Path, sha: str, ext: str) -> Path:
+    """Where a host keeps a fetched file: content-addressed, shared by every snapshot it holds."""
+    return Path(home) / "blobs" / sha[:2] / f"{sha}{ext}"
+
+
+def fetch_snapshot(
+    store: ArtifactStore,
+    ref: str,
+    home: Path,
+    sides: Sequence[str] = ("train", "val"),
+    progress: bool = False,
+) -> tuple[list[Sample], DatasetSpec, dict[str, int]]:
+    """Samples of one snapshot, fetching only the files this host lacks (each verified by sha256)."""
+    manifest = read_manifest(store, ref)
+    base = snapshot_key(ref, "")
+    spec = DatasetSpec.model_validate(manifest["spec"])
+    wanted = [e for e in manifest["images"] if e["side"] in sides]
+    jobs: dict[Path, tuple[str, str]] = {}
+    distinct: set[Path] = set()
+    samples = []
+    for e in wanted:
+        image, mask = blob_path(home, e["sha256"], e["ext"]), blob_path(home, e["mask_sha256"], ".png")
+        for path, key, sha in (
+            (image, f"images/{e['sha256']}{e['ext']}", e["sha256"]),
+            (mask, f"masks/{e['mask_sha256']}.png", e["mask_sha256"]),
+        ):
+            distinct.add(path)
+            if not path.is_file():
+                jobs[path] = (base + key, sha)
+        samples.append(Sample(image, mask, spec.name, e["side"], e["source"], e["sha256"]))
+    bar = tqdm(total=len(jobs), desc=f"fetch {ref[:24]}", unit="file", disable=None if progress else True)
+    with bar, ThreadPoolExecutor(8) as pool:
+        for _ in pool.map(lambda job: store.get_file(job[1][0], job[0], sha256=job[1][1]), jobs.items()):
+            bar.update()
+    stats = {"fetched": len(jobs), "local": len(distinct) - len(jobs)}
+    log.info("snapshot %s: %d files fetched, %d already on this host", ref, stats["fetched"], stats["local"])
+    return samples, spec, stats
+
+
+def load_snapshots(
+    store: ArtifactStore,
+    refs: Sequence[str],
+    home: Path,
+    sides: Sequence[str] = ("train", "val"),
+    progress: bool = False,
+) -> tuple[list[Sample], dict[str, DatasetSpec]]:
+    """Samples and dataset specs of several snapshots: the one load a stage does per run."""
+    samples: list[Sample] = []
+    specs: dict[str, DatasetSpec] = {}
+    for ref in refs:
+        got, spec, _ = fetch_snapshot(store, ref, home, sides, progress)
+        if spec.name in specs:
+            raise InputError(f"two snapshots of dataset '{spec.name}' in one run: {', '.join(refs)}")
+        samples += got
+        specs[spec.name] = spec
+    return samples, specs
+
+
+def snapshots_of(refs: Sequence[str]) -> dict[str, str]:
+    """Dataset name -> snapshot id, from references (what ``trained_from`` records)."""
+    return dict(parse_ref(r) for r in refs)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from drywall_core.config import TrainConfig
 from drywall_core.datasets import DatasetSpec
 from drywall_core.errors import InputError
-from drywall_core.features import ActivationCache, CacheItem, decode, image_key, text_embeddings
+from drywall_core.features import ActivationCache, CacheItem, decode, text_embeddings
 from drywall_core.fsutil import atomic_open, atomic_write_text
 from drywall_core.losses import mixed_loss
 from drywall_core.model import DECODER_FILE, MANIFEST_FILE, LoadedModel, decoder_state, save_decoder
@@ -78,8 +78,9 @@ def _prepare_views(
         strong = specs[s.dataset].label_strength == "strong"
         per = []
         for f in (False, True) if flip else (False,):
-            key = image_key(s.image, f)
-            items.append(CacheItem(s.image, f))
+            item = CacheItem(s.image, f, s.sha256)
+            key = item.key
+            items.append(item)
             keys.append(key)
             per.append(View(key, _target(s.mask, size, f), s.dataset, strong))
         views.append(per)

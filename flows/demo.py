@@ -39,13 +39,14 @@ def run_demo(settings: Settings, console: Console | None = None) -> dict[str, An
     summary = retrain(sources=[Source(kind="synthetic")], base_model=str(tiny), profile=DEMO_PROFILE, force=True)
     reg = registry()
     champion = reg.champion_version()
+    metrics = summary["candidate_metrics"]
     title = f"drywall-qa demo: retrain flow in {time.perf_counter() - t0:.0f}s"
     rows = [
         ("candidate", f"{summary['version']} ({'PROMOTED' if summary['promoted'] else 'refused'})"),
         ("gate", summary["reason"]),
         ("champion", f"{champion}  ({reg.store.url}/{reg.version_key(champion or '')})"),
-        ("candidate metrics", summary["candidate_metrics"]),
-        ("reports", summary["reports"]),
+        ("candidate metrics", f"mIoU {metrics['miou']:.3f}, mean Dice {metrics['mean_dice']:.3f}"),
+        ("reports", f"{summary['staging']}/eval"),
         ("audit log", f"{reg.store.url}/{reg.audit_key}"),
     ]
     if console.is_terminal:

@@ -36,14 +36,13 @@ def regressions(current: dict[str, Any], recorded: dict[str, Any], tolerance: fl
 @flow(name="evaluate-champion", log_prints=True)
 def evaluate_champion(sources: list[Source] | None = None) -> dict[str, Any]:
     settings = get_settings()
-    records = ingest(sources)
-    exports, datasets = [r["export"] for r in records], [r["dataset"] for r in records]
+    snapshots = [r["ref"] for r in ingest(sources)]
     work = run_dir("evaluate")
     champion = fetch_champion_task(str(work / "champion"))
     if champion is None:
         get_run_logger().warning("no champion to evaluate")
         return {"status": "no champion"}
-    metrics_path = evaluate_task(champion["path"], exports, str(work / "eval"), datasets)
+    metrics_path = evaluate_task(champion["path"], snapshots, str(work / "eval"))
     metrics = read_metrics(metrics_path)
     recorded = json.loads((Path(champion["path"]) / "manifest.json").read_text()).get("metrics", {})
     flagged = regressions(metrics, recorded.get("per_prompt", {}), settings.gate.max_regression)

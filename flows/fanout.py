@@ -15,12 +15,13 @@ from typing import Any
 from prefect import flow, task, unmapped
 
 from drywall_core import drift as d
-from drywall_core.config import get_settings
+from drywall_core.config import TrainConfig, get_settings
 from drywall_core.exports import open_export
-from drywall_core.features import ActivationCache, CacheItem, cache_items, image_key
+from drywall_core.features import ActivationCache, CacheItem, cache_items
 from drywall_core.masks import MaskJob, plan_masks, render_chunk
 from drywall_core.model import LoadedModel, load_model
-from drywall_core.samples import collect_samples
+from drywall_core.snapshots import load_snapshots
+from drywall_core.storage import store_from_settings
 
 
 def use_dask() -> bool:
@@ -107,17 +108,18 @@ def encode_shard_task(base_model: str, chunk: list[tuple[str, bool, str]], dtype
 
 @flow(name="activation-cache")
 def activation_cache_flow(
-    exports: list[str], base_model: str, datasets: list[str] | None = None, chunk: int = 16
+    snapshots: list[str], base_model: str, train_config: dict[str, Any], chunk: int = 16
 ) -> dict[str, Any]:
-    """Encode the pending images in parallel chunks; this flow is the index's single writer."""
+    """Encode the pending images of the snapshots in parallel chunks; this flow is the index's single writer."""
     s = get_settings()
-    samples, _ = collect_samples([Path(e) for e in exports], s, datasets)
-    items = cache_items(samples, s.train.flip)
-    keys = [image_key(it.path, it.flip) for it in items]
-    cache = ActivationCache(s.cache_root, _model(base_model), s.train.cache_dtype)
+    cfg = TrainConfig.model_validate(train_config)
+    samples, _ = load_snapshots(store_from_settings(s), snapshots, s.home)
+    items = cache_items(samples, cfg.flip)
+    keys = [it.key for it in items]
+    cache = ActivationCache(s.cache_root, _model(base_model), cfg.cache_dtype)
     todo = [(str(it.path), it.flip, k) for it, k in cache.pending(items, keys)]
     chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
-    futures = encode_shard_task.map(unmapped(base_model), chunks, unmapped(s.train.cache_dtype))
+    futures = encode_shard_task.map(unmapped(base_model), chunks, unmapped(cfg.cache_dtype))
     pids = set()
     for fut in futures:
         r = fut.result()

@@ -1,7 +1,9 @@
-"""Ingest: pull (latest registered Roboflow versions, or given sources) -> validate -> render masks -> split.
+"""Ingest: pull (latest registered Roboflow versions, or given sources) -> validate -> render masks
+-> split -> dataset snapshot in the artifact store.
 
 Every export is validated before anything is rendered: one failure fails the flow with its report
-linked in the UI, and nothing downstream runs.
+linked in the UI, and nothing downstream runs. The flow returns snapshot references
+(``<dataset>/<snapshot id>``), never a path of this host: the stages after it fetch what they need.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tasks.data import (
     local_task,
     masks_task,
     pull_task,
-    split_task,
+    snapshot_task,
     synthetic_task,
     validate_task,
 )
@@ -46,7 +48,7 @@ def latest_sources() -> list[Source]:
 
 @flow(name="ingest", log_prints=True)
 def ingest(sources: list[Source] | None = None) -> list[dict[str, Any]]:
-    """Returns one record per export: export folder, dataset, masks folder, split file and counts.
+    """Returns one record per export: dataset, snapshot reference and id, store URI, split counts.
 
     With no sources: the latest Roboflow version of every registered dataset, pulled only if this
     host does not hold it yet.
@@ -64,17 +66,17 @@ def ingest(sources: list[Source] | None = None) -> list[dict[str, Any]]:
             masks = masks_dir
         else:
             masks = masks_task(v["export"], masks_dir)
-        split_file = str(Path(v["export"]) / "split.json")
-        counts = split_task(v["export"], split_file)
-        records.append({**v, "masks": masks, "split": split_file, "counts": counts})
+        snap = snapshot_task(v["export"], v["dataset"], masks, v["validation"])
+        records.append({**snap, "report": v["report"], "validation": v["validation"]})
     rows = "\n".join(
-        f"| {r['dataset']} | `{r['export']}` | {r['counts']['train_images']} | {r['counts']['val_images']} "
-        f"| {r['counts']['train_sources']} / {r['counts']['val_sources']} |"
+        f"| {r['dataset']} | `{r['snapshot'][:16]}` | {r['counts']['train_images']} | {r['counts']['val_images']} "
+        f"| {r['counts']['train_sources']} / {r['counts']['val_sources']} | {r['uploaded_files']} |"
         for r in records
     )
     markdown(
-        "| dataset | export | train images | val images | sources train/val |\n|---|---|---|---|---|\n" + rows,
+        "| dataset | snapshot | train images | val images | sources train/val | files uploaded |\n"
+        "|---|---|---|---|---|---|\n" + rows,
         "ingest-summary",
-        "validated exports and their leakage-free splits",
+        "dataset snapshots: validated exports and their leakage-free splits",
     )
     return records

@@ -1,4 +1,4 @@
-"""Retrain: ingest -> activation cache -> train -> evaluate -> gate -> publish.
+"""Retrain: ingest (snapshots) -> train (staged candidate) -> evaluate champion -> gate -> publish.
 
 The candidate and the champion are evaluated on the same held-out images; the candidate is
 published as a new immutable version either way, and the champion alias moves only when the
@@ -8,7 +8,8 @@ registry's audit log and in the run's artifacts.
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -16,14 +17,14 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from drywall_core.config import get_settings, resolve_train_config
-from drywall_core.snapshots import nothing_new
+from drywall_core.model import base_fingerprint
+from drywall_core.snapshots import nothing_new, snapshots_of, training_identity
 from drywall_core.storage import LocalStore
 from flows.common import Source, run_dir
 from flows.ingest import ingest
 from flows.train import train_flow
-from tasks.artifacts import image, link, markdown, upload_report
-from tasks.data import trained_from_task
-from tasks.model import evaluate_task
+from tasks.artifacts import image, link, markdown
+from tasks.model import evaluate_task, fetch_candidate_task
 from tasks.registry import fetch_champion_task, gate_task, promote_task, publish_task, registry
 
 
@@ -41,27 +42,34 @@ def comparison_table(decision: dict[str, Any]) -> str:
 
 
 def _train(
-    exports: list[str],
-    datasets: list[str],
+    snapshots: list[str],
     base_model: str,
-    out: Path,
-    overrides: dict | None,
+    train_config: dict[str, Any],
+    staging: str,
     train_deployment: str | None,
-) -> dict[str, Any]:
-    params = {
-        "exports": exports,
-        "datasets": datasets,
-        "base_model": base_model,
-        "out": str(out),
-        "overrides": overrides or {},
-    }
+) -> None:
+    """Run the training stage inline, or on another pool through its deployment; it stages the candidate."""
+    params = {"snapshots": snapshots, "base_model": base_model, "train_config": train_config, "staging": staging}
     if not train_deployment:
-        return train_flow(**params)
-    get_run_logger().info("training on deployment %s", train_deployment)
+        train_flow(**params)
+        return
+    get_run_logger().info("training on deployment %s (staging %s)", train_deployment, staging)
     run = run_deployment(train_deployment, parameters=params, timeout=None)
     if not run.state or not run.state.is_completed():
         raise RuntimeError(f"training run {run.id} ended {run.state.name if run.state else 'without a state'}")
-    return run.state.result()
+
+
+def recorded_settings(base_model: str, train_config: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """Every setting that changes the result of a retrain, as resolved for this run."""
+    s = get_settings()
+    return {
+        "base_model": base_model,
+        "profile": profile,
+        "train": train_config,
+        "gate": s.gate.model_dump(),
+        "split_seed": s.split_seed,
+        "val_fraction": s.val_fraction,
+    }
 
 
 @flow(name="retrain", log_prints=True)
@@ -75,16 +83,22 @@ def retrain(
 ) -> dict[str, Any]:
     """Retrain on fresh data and promote the candidate only if it beats the champion.
 
-    Nothing new -- the same dataset snapshots, base model and training config as the champion's --
-    means no training and nothing published (the run still completes); ``force`` trains anyway.
+    Stages hand off through the artifact store: ingest returns snapshot references, training
+    (inline, or ``train_deployment`` on the gpu pool) stages its candidate under
+    ``staging/<this run's id>/``, and this flow gates and publishes from there. Nothing new -- the
+    same dataset snapshots, base model and training config as the champion's -- means no training
+    and nothing published (the run still completes); ``force`` trains anyway.
     """
     settings = get_settings()
     base_model = base_model or settings.base_model
+    profile = profile or settings.train_profile
     records = ingest(sources)
-    exports, datasets = [r["export"] for r in records], [r["dataset"] for r in records]
+    snapshots = [r["ref"] for r in records]
     # the whole recipe travels as a parameter, so a GPU host trains with exactly what is recorded here
-    train_config = resolve_train_config(settings.train, profile or settings.train_profile, overrides).model_dump()
-    trained_from = trained_from_task(exports, datasets, base_model, train_config)
+    train_config = resolve_train_config(settings.train, profile, overrides).model_dump()
+    resolved = recorded_settings(base_model, train_config, profile)
+    markdown("```json\n" + json.dumps(resolved, indent=2) + "\n```", "retrain-settings", "settings this run resolved")
+    trained_from = training_identity(snapshots_of(snapshots), base_fingerprint(base_model), train_config)
     reg = registry()
     current = reg.champion_version()
     differs = nothing_new(trained_from, reg.show(current) if current else None)
@@ -99,41 +113,55 @@ def retrain(
         return {"version": None, "promoted": False, "reason": "nothing new", "champion": current, "trained": False}
     get_run_logger().info("retrain: training (%s)", "forced" if not differs else "; ".join(differs))
     work = run_dir("retrain")
-    result = _train(exports, datasets, base_model, work / "train", train_config, train_deployment)
+    staging = str(flow_run.get_id() or f"local-{uuid.uuid4().hex[:12]}")
+    _train(snapshots, base_model, train_config, staging, train_deployment)
+    result = fetch_candidate_task(staging, str(work / "candidate"))
 
     champion = fetch_champion_task(str(work / "champion"))
-    champ_metrics = (
-        evaluate_task(champion["path"], exports, str(work / "champion-eval"), datasets) if champion else None
-    )
+    champ_metrics = evaluate_task(champion["path"], snapshots, str(work / "champion-eval")) if champion else None
     decision = gate_task(result["metrics"], champ_metrics)
-    lineage = [{"export": r["export"], "dataset": r["dataset"], "counts": r["counts"]} for r in records]
+    lineage = [
+        {"dataset": r["dataset"], "snapshot": r["snapshot"], "uri": r["uri"], "counts": r["counts"]} for r in records
+    ]
     record = publish_task(
         result["artifact"],
-        {"lineage": lineage, "flow_run_id": str(flow_run.get_id()), "gate": decision, "trained_from": trained_from},
+        {
+            "lineage": lineage,
+            "flow_run_id": str(flow_run.get_id()),
+            "gate": decision,
+            "trained_from": trained_from,
+            "settings": resolved,
+            "staging": result["uri"],
+        },
     )
     outcome = promote_task(record["version"], champion["etag"] if champion else None, decision)
 
-    run_id = str(flow_run.get_id() or "local")
     markdown(
         comparison_table(decision),
         "retrain-gate",
         f"candidate {record['version']} vs champion {champion['version'] if champion else '(none)'}",
     )
-    urls = {name: upload_report(Path(result[name]), run_id) for name in ("metrics", "table", "grid", "curve")}
-    link(urls["metrics"], "candidate metrics.json", "retrain-metrics", "per-prompt metrics, sweep, robustness")
-    link(urls["curve"], "training curve", "retrain-training-curve")
+    urls = result["links"]  # the staged reports, straight from the store
+    link(
+        urls["eval/metrics.json"], "candidate metrics.json", "retrain-metrics", "per-prompt metrics, sweep, robustness"
+    )
+    link(urls["training_curve.png"], "training curve", "retrain-training-curve")
     if isinstance(reg.store, LocalStore):  # a browser will not render file:// images
-        link(urls["grid"], "best/worst predictions (PNG)", "retrain-best-worst")
+        link(urls["eval/best_worst.png"], "best/worst predictions (PNG)", "retrain-best-worst")
     else:  # presigned S3 URL
-        image(urls["grid"], "retrain-best-worst", "best and worst validation predictions (image | truth | prediction)")
+        image(
+            urls["eval/best_worst.png"],
+            "retrain-best-worst",
+            "best and worst validation predictions (image | truth | prediction)",
+        )
 
     summary = {
         "version": record["version"],
         "promoted": outcome["promoted"],
         "reason": outcome["reason"],
         "champion": f"{reg.store.url}/{reg.alias_key}",
-        "candidate_metrics": result["metrics"],
-        "reports": str(work),
+        "candidate_metrics": result["overall"],
+        "staging": result["uri"],
         "previous_champion": champion["version"] if champion else None,
         "trained": True,
     }

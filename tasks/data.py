@@ -1,9 +1,7 @@
-"""Data-plane tasks: pull/copy/synthesise, validate, render masks, split."""
+"""Data-plane tasks: pull/copy/synthesise, validate, render masks, snapshot."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +12,13 @@ from prefect.tasks import exponential_backoff
 from drywall_core.config import get_settings
 from drywall_core.datasets import load_registry
 from drywall_core.errors import CheckFailed
-from drywall_core.exports import ANNOTATION_FILE, open_export
+from drywall_core.exports import open_export
+from drywall_core.ingest import snapshot_export, validation_summary
 from drywall_core.masks import render_masks
 from drywall_core.sources import already_pulled, copy_local_export, generate_synthetic, latest_version, pull_roboflow
-from drywall_core.splits import split_by_source, write_plan
+from drywall_core.storage import store_from_settings
 from drywall_core.validation import fresh_docs_dir, resolve_dataset, validate_export, write_report
 from tasks.artifacts import link, markdown, upload_report
-
-
-def _export_content_key(_ctx: TaskRunContext, params: dict[str, Any]) -> str:
-    """Cache key: the sha256 of every annotation file (content, not path) plus the output folder."""
-    root = Path(params["export"])
-    h = hashlib.sha256(str(params.get("out")).encode())
-    for f in sorted(root.glob(f"*/{ANNOTATION_FILE}")):
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(5), retry_jitter_factor=0.5)
@@ -109,32 +99,22 @@ def validate_task(export: str, report_dir: str, dataset: str | None = None) -> d
         )
         raise CheckFailed(f"{export}: validation failed ({len(lines)} failed expectations): {lines[0]}")
     get_run_logger().info("validated %s as '%s'", export, spec.name)
-    return {"export": export, "dataset": spec.name, "report": str(report_path)}
+    return {"export": export, "dataset": spec.name, "report": url, "validation": validation_summary(report)}
 
 
-@task(cache_key_fn=_export_content_key, persist_result=True)
+@task
 def masks_task(export: str, out: str) -> str:
     stats = render_masks(open_export(Path(export)), Path(out), workers=get_settings().mask_workers, progress=False)
     get_run_logger().info("masks: %d rendered, %d unchanged, %d removed", stats.rendered, stats.skipped, stats.removed)
     return out
 
 
-@task
-def split_task(export: str, out: str) -> dict[str, int]:
+@task(retries=2, retry_delay_seconds=exponential_backoff(5))
+def snapshot_task(export: str, dataset: str, masks: str, validation: dict[str, Any]) -> dict[str, Any]:
+    """Split the export and store it as a dataset snapshot (content-addressed; a rerun uploads nothing)."""
     s = get_settings()
-    plan = split_by_source(open_export(Path(export)), s.split_seed, s.val_fraction)
-    write_plan(plan, Path(out))
-    return json.loads(plan.to_json())["counts"]
-
-
-@task
-def trained_from_task(exports: list[str], datasets: list[str], base_model: str, train_config: dict) -> dict[str, Any]:
-    """Snapshot ids of the ingested datasets, the base model's fingerprint and the training config."""
-    from drywall_core.model import base_fingerprint
-    from drywall_core.samples import collect_samples
-    from drywall_core.snapshots import snapshot_ids, training_identity
-
-    samples, _ = collect_samples([Path(e) for e in exports], get_settings(), datasets)
-    identity = training_identity(snapshot_ids(samples), base_fingerprint(base_model), train_config)
-    get_run_logger().info("snapshots: %s", identity["snapshots"])
-    return identity
+    exp = open_export(Path(export))
+    spec = resolve_dataset(exp, load_registry(s.datasets_file), dataset)
+    record = snapshot_export(Path(export), spec, Path(masks), s, store_from_settings(s), validation)
+    get_run_logger().info("snapshot %s (%d files uploaded): %s", record["ref"], record["uploaded_files"], record["uri"])
+    return record

@@ -65,14 +65,23 @@ def test_ingest_fails_cleanly_on_a_broken_export(prefect_api, synthetic_cracks: 
 
 
 def test_ingest_real_export(prefect_api, drywall_export: Path, tmp_path: Path) -> None:
+    from drywall_core.config import get_settings
     from flows.common import Source
     from flows.ingest import ingest
 
+    from drywall_core.snapshots import read_manifest
+    from drywall_core.storage import store_from_settings
+
     records = ingest(sources=[Source(kind="local", path=str(drywall_export))])
     (rec,) = records
-    assert rec["dataset"] == "drywall-join"
+    assert rec["dataset"] == "drywall-join" and rec["ref"] == f"drywall-join/{rec['snapshot']}"
     assert rec["counts"]["train_images"] + rec["counts"]["val_images"] == 920
-    assert len(list(Path(rec["masks"]).rglob("*.png"))) == 920
+    assert not {"export", "masks", "split"} & set(rec), "a record carries store references, not this host's paths"
+    manifest = read_manifest(store_from_settings(get_settings()), rec["ref"])
+    assert len(manifest["images"]) == 920 and manifest["lineage"]["source"] == "local"
+    assert not (drywall_export / "split.json").exists(), "the export folder is read, never written"
+    again = ingest(sources=[Source(kind="local", path=str(drywall_export))])
+    assert again[0]["ref"] == rec["ref"] and again[0]["uploaded_files"] == 0, "same content, same snapshot"
 
 
 def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -81,12 +90,19 @@ def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model
     from flows.retrain import retrain
     from tasks.registry import registry
 
-    first = retrain(sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=GOOD)
+    state = retrain(
+        sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=GOOD, return_state=True
+    )
+    first, first_run = state.result(), state.state_details.flow_run_id
     assert first["promoted"], first["reason"]
+    assert "retrain-settings" in _artifacts(first_run)
     reg = registry()
     assert reg.champion_version() == first["version"]
     champion_manifest = reg.show(first["version"])
     assert champion_manifest["lineage"][0]["dataset"] in ("cracks", "drywall-join")
+    assert champion_manifest["settings"]["train"]["lr"] == GOOD["lr"] and champion_manifest["settings"]["gate"]
+    assert champion_manifest["staging"].endswith(f"staging/{first_run}"), "published from the staging area"
+    assert reg.store.exists(f"staging/{first_run}/candidate.json")
     assert {"decoder.safetensors", "config.json", "metrics.json"} <= set(champion_manifest["files"])
     trained_from = champion_manifest["trained_from"]
     assert set(trained_from["snapshots"]) == {"cracks", "drywall-join"}

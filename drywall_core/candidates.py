@@ -1,0 +1,117 @@
+"""The training stage as one operation: snapshots in, a staged candidate out.
+
+A training host gets dataset snapshot references and a staging id, never a path of another host:
+it fetches what it lacks (snapshots, shared activation cache entries), trains, and writes the
+candidate -- artifact, metrics, reports, drift reference profile -- to
+``staging/<staging id>/`` in the artifact store. Each epoch's checkpoint goes there too, so a run
+interrupted on one host resumes on another from the last finished epoch. ``candidate.json``
+is written last: its presence means the candidate is complete.
+
+The orchestrating host then fetches the candidate (:func:`fetch_candidate`) to gate and publish it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from drywall_core.config import TrainConfig
+from drywall_core.errors import InputError
+from drywall_core.features import ActivationCache, SharedCache, cache_items
+from drywall_core.model import LoadedModel
+from drywall_core.snapshots import load_snapshots
+from drywall_core.storage import ArtifactStore
+from drywall_core.train import CHECKPOINT, package_candidate, train
+
+log = logging.getLogger(__name__)
+STAGING = "staging"
+CANDIDATE = "candidate.json"
+# what the orchestrating host needs of a staged candidate: the artifact and the reports it links
+STAGED_FILES = (
+    "eval/metrics.json",
+    "eval/metrics.md",
+    "eval/best_worst.png",
+    "training_curve.png",
+    "train_summary.json",
+)
+
+
+def staging_key(staging: str, name: str = "") -> str:
+    if not staging or "/" in staging or staging.startswith("."):
+        raise InputError(f"'{staging}': a staging id is one path segment (e.g. the flow run id)")
+    return f"{STAGING}/{staging}/{name}"
+
+
+def train_candidate(
+    store: ArtifactStore,
+    snapshots: Sequence[str],
+    loaded: LoadedModel,
+    cfg: TrainConfig,
+    staging: str,
+    work: Path,
+    home: Path,
+    cache_root: Path,
+    progress: bool = False,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Train on ``snapshots`` and stage the candidate; resumes from a checkpoint already staged."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    samples, specs = load_snapshots(store, snapshots, home, progress=progress)
+    cache = ActivationCache(cache_root, loaded, cfg.cache_dtype)
+    cache_stats = SharedCache(cache, store).build(cache_items(samples, cfg.flip), cfg.cache_batch_size, progress)
+    log.info("activation cache: %(encoded)d encoded, %(downloaded)d downloaded, %(uploaded)d uploaded", cache_stats)
+
+    ckpt_key = staging_key(staging, CHECKPOINT)
+    resumed = store.exists(ckpt_key)
+    if resumed:  # another attempt (maybe on another host) got this far: go on from there
+        store.get_file(ckpt_key, work / CHECKPOINT)
+        log.info("resuming from %s/%s", store.url, ckpt_key)
+
+    def epoch_end(row: dict) -> None:
+        store.put_file(work / CHECKPOINT, ckpt_key)
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+
+    result = train(
+        loaded, samples, specs, cfg, work, cache_root, resume=resumed, progress=progress, on_epoch_end=epoch_end
+    )
+    paths = package_candidate(loaded, samples, specs, result, work, progress=progress)
+    model_dir = Path(paths["artifact"])
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file():
+            store.put_file(f, staging_key(staging, f"model/{f.name}"))
+    for name in STAGED_FILES:
+        if (work / name).is_file():
+            store.put_file(work / name, staging_key(staging, name))
+    candidate = {
+        "staging": staging,
+        "uri": f"{store.url}/{staging_key(staging)}".rstrip("/"),
+        "snapshots": list(snapshots),
+        "model_files": sorted(f.name for f in model_dir.iterdir() if f.is_file()),
+        "overall": paths["overall"],
+        "summary": {**result.summary, "cache": {**result.summary["cache"], **cache_stats}},
+        "resumed": resumed,
+    }
+    store.put_bytes(staging_key(staging, CANDIDATE), json.dumps(candidate, indent=2, default=str).encode())
+    return candidate
+
+
+def fetch_candidate(store: ArtifactStore, staging: str, dest: Path) -> dict[str, Any]:
+    """Download a staged candidate (model and reports) to ``dest``; returns the local paths."""
+    dest = Path(dest)
+    candidate = json.loads(store.get_bytes(staging_key(staging, CANDIDATE)))
+    for name in candidate["model_files"]:
+        store.get_file(staging_key(staging, f"model/{name}"), dest / "model" / name)
+    for name in STAGED_FILES:
+        if store.exists(staging_key(staging, name)):
+            store.get_file(staging_key(staging, name), dest / name)
+    return {
+        **candidate,
+        "artifact": str(dest / "model"),
+        "metrics": str(dest / "eval" / "metrics.json"),
+        "links": {name: store.link(staging_key(staging, name)) for name in STAGED_FILES},
+    }
