@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup demo test unit lint format bench clean
 
-$(STAMP): pyproject.toml infra/fetch-docs-assets.sh
+$(STAMP): pyproject.toml infra/fetch-docs-assets.sh infra/ensure-postgres.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing drywall-qa into $(VENV) (first time: ~2 min; torch is pinned to the CPU build 2.13.0)"
 	@set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
 		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	@bash infra/fetch-docs-assets.sh $(VENV)/share/drywall-docs
+	@bash infra/ensure-postgres.sh
 	@touch $(STAMP)
 
 setup: $(STAMP)

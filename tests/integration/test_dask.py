@@ -61,26 +61,27 @@ def test_activation_cache_encoding_on_dask(
     import torch
 
     from drywall_core.config import get_settings
-    from drywall_core.features import ActivationCache, cache_items, image_key
+    from drywall_core.features import ActivationCache, cache_items
+    from drywall_core.ingest import ingest_export
     from drywall_core.model import load_model
-    from drywall_core.samples import collect_samples
+    from drywall_core.snapshots import load_snapshots
+    from drywall_core.storage import store_from_settings
     from flows.fanout import activation_cache_flow, run_fanout
 
-    exports = [str(e) for e in synthetic_exports]
-    out = run_fanout(activation_cache_flow, exports=exports, base_model=str(tiny_model_dir), chunk=24)
     settings = get_settings()
-    samples, _ = collect_samples(synthetic_exports, settings)
+    store = store_from_settings(settings)
+    refs = [ingest_export(e, settings, store)["ref"] for e in synthetic_exports]
+    cfg = settings.train.model_dump()
+    out = run_fanout(activation_cache_flow, snapshots=refs, base_model=str(tiny_model_dir), train_config=cfg, chunk=24)
+    samples, _ = load_snapshots(store, refs, settings.home)
     items = cache_items(samples, settings.train.flip)
-    assert (
-        out["encoded"] == len({image_key(i.path, i.flip) for i in items})
-        and out["cached"] == len(items) - out["encoded"]
-    )
+    assert out["encoded"] == len({i.key for i in items}) and out["cached"] == len(items) - out["encoded"]
     assert os.getpid() not in out["pids"] and len(out["pids"]) >= 1
-    again = run_fanout(activation_cache_flow, exports=exports, base_model=str(tiny_model_dir))
+    again = run_fanout(activation_cache_flow, snapshots=refs, base_model=str(tiny_model_dir), train_config=cfg)
     assert again["encoded"] == 0, "the index the flow wrote is complete"
 
     loaded = load_model(tiny_model_dir)
-    keys = [image_key(i.path, i.flip) for i in items]
+    keys = [i.key for i in items]
     dask_cache = ActivationCache(settings.cache_root, loaded, settings.train.cache_dtype)
     local = ActivationCache(tmp_path / "local", loaded, settings.train.cache_dtype)
     local.build(items, progress=False)

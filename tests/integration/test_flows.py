@@ -66,11 +66,10 @@ def test_ingest_fails_cleanly_on_a_broken_export(prefect_api, synthetic_cracks: 
 
 def test_ingest_real_export(prefect_api, drywall_export: Path, tmp_path: Path) -> None:
     from drywall_core.config import get_settings
-    from flows.common import Source
-    from flows.ingest import ingest
-
     from drywall_core.snapshots import read_manifest
     from drywall_core.storage import store_from_settings
+    from flows.common import Source
+    from flows.ingest import ingest
 
     records = ingest(sources=[Source(kind="local", path=str(drywall_export))])
     (rec,) = records

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from deployments.cli import app
+from tests.conftest import edit_coco
 
 
 def _commands(group, prefix: str = "") -> set[str]:
@@ -55,6 +56,9 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
     bad_profile = tmp / "profile.parquet"
     pd.DataFrame({"colour": [1.0, 2.0], "mood": [3.0, 4.0]}).to_parquet(bad_profile)
     long_prompt = "segment " + "very " * 60 + "long crack"
+    broken = tmp / "broken-cracks"
+    shutil.copytree(export, broken)
+    edit_coco(broken, "train", lambda coco: coco["annotations"][0]["bbox"].__setitem__(2, -4))
     return {
         "pull": [
             (["--workspace", "w", "--project", "p", "--version", "1", "--out", afile], 2, str(afile)),
@@ -65,6 +69,11 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
         ],
         "masks": [([export, "--out", afile], 2, str(afile)), ([missing, "--out", tmp / "m"], 2, str(missing))],
         "split": [([export, "--out", afile / "s.json"], 2, str(afile))],
+        "ingest": [
+            ([missing], 2, str(missing)),
+            ([export, "--report", afile / "r.json"], 2, str(afile)),
+            ([broken, "--dataset", "cracks"], 1, "bbox width not positive"),
+        ],
         "sample": [(["--out", afile], 2, str(afile))],
         "datasets": [],
         "model init-tiny": [([afile], 2, str(afile))],
@@ -73,6 +82,7 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
             (["--export", export, "--out", afile, "--model", tiny], 2, str(afile)),
             (["--export", missing, "--out", tmp / "run"], 2, str(missing)),
             (["--export", export, "--out", tmp / "run2", "--profile", "nope"], 2, "unknown training profile 'nope'"),
+            (["--export", broken, "--out", tmp / "run3", "--model", tiny], 1, "bbox width not positive"),
         ],
         "evaluate": [
             (["--model", tiny, "--export", export, "--out", afile], 2, str(afile)),

@@ -104,7 +104,10 @@ def test_tampered_store_content_is_refused(synthetic_cracks: Path, tmp_path: Pat
 def snapshot_refs(synthetic_exports: list[Path], tmp_path: Path) -> tuple[LocalStore, list[str]]:
     store = LocalStore(tmp_path / "store")
     host = _settings(tmp_path / "ingest-host")
-    refs = [ingest_export(e, host, store, n)["ref"] for e, n in zip(synthetic_exports, ("cracks", "drywall-join"))]
+    refs = [
+        ingest_export(e, host, store, n)["ref"]
+        for e, n in zip(synthetic_exports, ("cracks", "drywall-join"), strict=True)
+    ]
     return store, refs
 
 
@@ -156,3 +159,13 @@ def test_training_stages_its_candidate_and_resumes_on_another_host(
     assert json.loads(Path(got_b["metrics"]).read_text())["overall"] == got_b["overall"]
     samples, _ = load_snapshots(store, refs, tmp_path / "orchestrator")
     assert got_b["summary"]["train_images"] == sum(s.side == "train" for s in samples)
+
+
+def test_ingest_command_prints_the_reference(cli, synthetic_cracks: Path, tmp_path: Path) -> None:
+    r = cli("ingest", synthetic_cracks, "--dataset", "cracks", "--report", tmp_path / "report.json")
+    assert r.code == 0, r.err
+    ref = r.out.strip().splitlines()[-1].split()[1].rstrip(":")
+    store = LocalStore(tmp_path / "home" / "registry")
+    assert read_manifest(store, ref)["dataset"] == "cracks" and (tmp_path / "report.json").is_file()
+    again = cli("ingest", synthetic_cracks, "--dataset", "cracks")
+    assert again.code == 0 and f"snapshot {ref}:" in again.out and "0 files uploaded" in again.out
