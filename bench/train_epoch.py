@@ -4,7 +4,8 @@ Real CLIPSeg rd64-refined architecture with random weights (the same compute as 
 same images, same batch size, same prompt, same initial decoder. The naive loop is what the usual
 fine-tuning scripts do: every step loads and preprocesses the images and runs the full model
 (frozen 149.6 M backbone + text tower + decoder), then backpropagates into the decoder. The cached
-loop encodes every image once (fp16 on disk, memory-mapped) and then runs only the decoder.
+loop encodes every image once (on disk, memory-mapped: fp16, and int8 with per-token scales, the
+default, side by side: bytes per image and epoch time) and then runs only the decoder.
 Both loops start from the same decoder weights and visit the same batches: their first losses must
 agree (checked below) before their times are compared. After one warm-up epoch, each loop is timed
 ``--repeats`` times and the median is reported (with the spread), so the ratio holds on a noisy
@@ -136,66 +137,86 @@ def main() -> None:
         naive_times.append(t)
         naive_losses.append(losses)
 
-    # cached loop: build once, then the same epochs over the cache
-    cache_dir = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    cache = ActivationCache(cache_dir, loaded, "float16")
-    t0 = time.perf_counter()
-    cache.build([CacheItem(s.image) for s in samples], batch_size=args.batch_size, progress=False)
-    build_s = time.perf_counter() - t0
+    # cached loops, fp16 and int8 (the default): build once each, then the same epochs over the cache
     cond = text_embeddings(loaded, [PROMPT]).expand(args.batch_size, -1)
-    opt = fresh_opt()
-    cached_times, cached_losses, phases = [], [], {}
-    for i in range(1 + args.repeats):
-        t, losses = cached_epoch(loaded, cache, batches, targets, cond, opt, phases=phases if i else None)
-        cached_times.append(t)
-        cached_losses.append(losses)
-    ops = heaviest_ops(lambda: cached_epoch(loaded, cache, batches, targets, cond, opt))
+    runs: dict[str, dict] = {}
+    for dtype in ("float16", "int8"):
+        cache = ActivationCache(Path(tempfile.mkdtemp(prefix=f"bench-cache-{dtype}-")), loaded, dtype)
+        t0 = time.perf_counter()
+        cache.build([CacheItem(s.image) for s in samples], batch_size=args.batch_size, progress=False)
+        build_s = time.perf_counter() - t0
+        opt = fresh_opt()
+        times, losses_run, phases = [], [], {}
+        for i in range(1 + args.repeats):
+            t, losses = cached_epoch(loaded, cache, batches, targets, cond, opt, phases=phases if i else None)
+            times.append(t)
+            losses_run.append(losses)
+        runs[dtype] = {"cache": cache, "build": build_s, "times": times, "losses": losses_run, "phases": phases}
+    ops = heaviest_ops(lambda: cached_epoch(loaded, runs["int8"]["cache"], batches, targets, cond, fresh_opt()))
 
     # same losses on the first steps (first epoch, same start, same batches)
     k = min(args.check_steps, len(batches))
-    a, b = np.array(naive_losses[0][:k]), np.array(cached_losses[0][:k])
-    rel = float(np.max(np.abs(a - b) / np.abs(a)))
-    print(
-        f"first {k} losses  naive: {np.round(a, 5).tolist()}  cached(fp16): {np.round(b, 5).tolist()}  "
-        f"max relative diff {rel:.2e}"
-    )
-    if rel > 1e-2:
-        raise SystemExit(f"FAIL: cached and naive losses disagree (max relative diff {rel:.3e} > 1e-2)")
+    a = np.array(naive_losses[0][:k])
+    for dtype, run in runs.items():
+        b = np.array(run["losses"][0][:k])
+        rel = float(np.max(np.abs(a - b) / np.abs(a)))
+        print(
+            f"first {k} losses  naive: {np.round(a, 5).tolist()}  cached({dtype}): {np.round(b, 5).tolist()}  "
+            f"max relative diff {rel:.2e}"
+        )
+        if rel > 1e-2:
+            raise SystemExit(f"FAIL: cached ({dtype}) and naive losses disagree (max relative diff {rel:.3e} > 1e-2)")
 
     n = len(samples)
-    naive_e, cached_e = float(np.median(naive_times[1:])), float(np.median(cached_times[1:]))
-    ratio = naive_e / cached_e
-    epochs20 = (20 * naive_e) / (build_s + 20 * cached_e)
+    naive_e = float(np.median(naive_times[1:]))
 
     def spread(times: list[float]) -> str:
         return f"{min(times[1:]):.2f}-{max(times[1:]):.2f}"
 
-    rows = [
-        ["naive (full model every step)", f"{naive_e:.2f}", spread(naive_times), f"{n / naive_e:.1f}", "1.0x"],
-        ["cached (decoder only)", f"{cached_e:.2f}", spread(cached_times), f"{n / cached_e:.1f}", f"{ratio:.1f}x"],
-        ["cache build (once, fp16)", f"{build_s:.2f}", "", f"{n / build_s:.1f}", ""],
+    rows = [["naive (full model every step)", f"{naive_e:.2f}", spread(naive_times), f"{n / naive_e:.1f}", "", "1.0x"]]
+    for dtype, run in runs.items():
+        run["epoch"] = float(np.median(run["times"][1:]))
+        mb = run["cache"].bytes_per_view() / 1e6
+        rows.append(
+            [
+                f"cached, {dtype} (decoder only)",
+                f"{run['epoch']:.2f}",
+                spread(run["times"]),
+                f"{n / run['epoch']:.1f}",
+                f"{mb:.2f}",
+                f"{naive_e / run['epoch']:.1f}x",
+            ]
+        )
+    for dtype, run in runs.items():
+        rows.append([f"cache build (once, {dtype})", f"{run['build']:.2f}", "", f"{n / run['build']:.1f}", "", ""])
+    default = runs["int8"]
+    ratio = naive_e / default["epoch"]
+    epochs20 = (20 * naive_e) / (default["build"] + 20 * default["epoch"])
+    rows.append(
         [
-            "20 epochs incl. cache build",
-            f"{build_s + 20 * cached_e:.1f} vs {20 * naive_e:.1f}",
+            "20 epochs incl. cache build (int8)",
+            f"{default['build'] + 20 * default['epoch']:.1f} vs {20 * naive_e:.1f}",
+            "",
             "",
             "",
             f"{epochs20:.1f}x",
-        ],
-    ]
+        ]
+    )
     table(
         f"train epoch, median of {args.repeats} after a warm-up ({n} images, batch {args.batch_size}, "
         f"CPU {torch.get_num_threads()} threads)",
-        ["loop", "seconds/epoch", "range", "images/s", "vs naive"],
+        ["loop", "seconds/epoch", "range", "images/s", "MB/image", "vs naive"],
         rows,
     )
+    phases = default["phases"]
     step_total = sum(phases.values())
     print(
-        "cached step, where the time goes: "
+        "cached step (int8), where the time goes: "
         + ", ".join(f"{k} {v / step_total:.0%}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]))
     )
     print("heaviest operators of a cached epoch: " + ", ".join(f"{name} {share:.0%}" for name, share in ops))
-    mb = sum(p.stat().st_size for p in cache.dir.glob("*.npy")) / 1e6
-    print(f"cache on disk: {mb:.0f} MB for {n} images ({mb / n:.2f} MB/image, fp16)")
+    fp16_mb, int8_mb = (runs[d]["cache"].bytes_per_view() / 1e6 for d in ("float16", "int8"))
+    print(f"cache on disk per image: fp16 {fp16_mb:.2f} MB, int8 {int8_mb:.2f} MB ({int8_mb / fp16_mb:.1%} of fp16)")
     print(f"ratio: {ratio:.1f}x")
 
 

@@ -353,12 +353,17 @@ def predict(
     threshold: Annotated[
         float | None, typer.Option(min=0, max=1, help="Probability cut (default: the artifact's best val threshold).")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="int8 (quantized vision tower, CPU) or fp32 (default: DRYWALL_INFERENCE_PRECISION, int8)."),
+    ] = None,
 ) -> None:
     """Predict binary masks ({0,255}, original size) for a text prompt; unreadable images exit 1."""
     from drywall_core.model import load_model
-    from drywall_core.predict import predict_files
+    from drywall_core.predict import for_inference, predict_files
 
-    report = predict_files(load_model(model), images, prompt, out, batch_size=batch_size, threshold=threshold)
+    loaded = for_inference(load_model(model), precision or get_settings().inference_precision)
+    report = predict_files(loaded, images, prompt, out, batch_size=batch_size, threshold=threshold)
     for path, why in report.failed:
         _err(f"{path}: cannot read image ({why}); skipped")
     typer.echo(f"wrote {len(report.written)} masks to {out}")
@@ -395,8 +400,9 @@ def drift(
     cur = d.extract_features(d.find_images(current), max_pixels=s.max_image_pixels)
     if model:
         from drywall_core.model import load_model
+        from drywall_core.predict import for_inference
 
-        loaded = load_model(model)
+        loaded = for_inference(load_model(model), s.inference_precision)
         prompts = prompt or ["segment crack", "segment taping area"]
         d.add_model_signals(cur, loaded, prompts)
         if not reference.is_file():

@@ -30,7 +30,9 @@ class TrainConfig(BaseModel):
     patience: int = Field(5, ge=1, description="Epochs without val mIoU improvement before stopping.")
     seed: int = 0
     flip: bool = Field(True, description="Also cache and train on horizontally flipped views.")
-    cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_dtype: Literal["int8", "float16", "float32"] = Field(
+        "int8", description="Activation cache: int8 with per-token scales (half of fp16's bytes), float16, float32."
+    )
     cache_batch_size: int = Field(8, ge=1)
 
 
@@ -137,6 +139,10 @@ class Settings(BaseSettings):
     base_model: str = Field(default="CIDAS/clipseg-rd64-refined", description="Hub id or local folder.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     train_profile: str | None = Field(default=None, description="Named training recipe (TRAIN_PROFILES), if any.")
+    inference_precision: Literal["fp32", "int8"] = Field(
+        default="int8",
+        description="Prediction and drift model signals on a CPU: int8 (quantized vision tower) or fp32.",
+    )
 
     @field_validator("home", mode="after")
     @classmethod

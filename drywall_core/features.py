@@ -2,9 +2,10 @@
 
 The CLIP backbone is frozen, so the vision activations the decoder reads (hidden states after
 the ``extract_layers``) depend only on the image. We compute them once per image (and once per
-flipped view, for augmentation), store them as fp16 ``.npy`` shards that are memory-mapped at
+flipped view, for augmentation), store them as ``.npy`` shards that are memory-mapped at
 training time, and run only the decoder in every epoch. Text embeddings are computed once per
-distinct prompt.
+distinct prompt. The default encoding is int8 with one scale per token (half the bytes of fp16:
+1.12 MB per view at real size instead of 2.23 MB); fp16 and fp32 remain selectable.
 
 Keys: sha256 of the image bytes (+ ``:flip``), inside a folder named by the model fingerprint
 (base id + revision + config hash + input size) and dtype, so any change of model, input size
@@ -128,12 +129,32 @@ def cache_items(samples: Sequence[Any], flip: bool) -> list[CacheItem]:
     ]
 
 
-class ActivationCache:
-    """Memory-mapped fp16 (or fp32) activation shards for one model fingerprint."""
+CACHE_DTYPES = ("int8", "float16", "float32")
 
-    def __init__(self, root: Path, loaded: LoadedModel, dtype: str = "float16") -> None:
-        if dtype not in ("float16", "float32"):
-            raise ValueError(f"cache dtype must be float16 or float32, not {dtype}")
+
+def quantize_rows(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per token: each (…, D) row is scaled by its own max |x| / 127.
+
+    One scale per token keeps the CLS token and the large-norm tokens ViTs grow from costing the
+    precision of the others. Half the bytes of fp16; the error of an element is at most half a
+    step of its token's scale.
+    """
+    scale = np.abs(acts).max(axis=-1, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(acts / scale), -127, 127).astype(np.int8)
+    return q, scale[..., 0].astype(np.float16)
+
+
+def scales_name(shard: str) -> str:
+    return shard.replace(".npy", ".scales.npy")
+
+
+class ActivationCache:
+    """Memory-mapped activation shards (int8 with per-token scales, fp16 or fp32) for one model fingerprint."""
+
+    def __init__(self, root: Path, loaded: LoadedModel, dtype: str = "int8") -> None:
+        if dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, not {dtype}")
         self.loaded, self.dtype = loaded, dtype
         self.dir = Path(root) / f"{loaded.fingerprint}-{dtype}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -204,11 +225,20 @@ class ActivationCache:
         images = [load_rgb(it.path, it.flip) for it, _ in chunk]
         with torch.no_grad():
             acts = encode_images(model, pixel_values(self.loaded, images).to(device))
-        arr = acts.cpu().numpy().astype(self.dtype)
+        return self.write_shard(acts.float().cpu().numpy(), [k for _, k in chunk])
+
+    def write_shard(self, acts: np.ndarray, keys: list[str]) -> tuple[str, list[str], list[int]]:
+        """Store float activations (B, L, T, D) in this cache's dtype as one shard (scales first, data last)."""
         name = f"shard-{uuid.uuid4().hex[:12]}.npy"
+        if self.dtype == "int8":
+            arr, scales = quantize_rows(acts)
+            with atomic_open(self.dir / scales_name(name), "wb") as f:
+                np.save(f, scales)
+        else:
+            arr = acts.astype(self.dtype)
         with atomic_open(self.dir / name, "wb") as f:
             np.save(f, arr)
-        return name, [k for _, k in chunk], list(arr.shape[1:])
+        return name, list(keys), list(arr.shape[1:])
 
     def register(self, shard: str, keys: list[str], shape: list[int]) -> None:
         """Add a written shard to the index (atomically rewritten)."""
@@ -222,14 +252,32 @@ class ActivationCache:
             self._maps[shard] = np.load(self.dir / shard, mmap_mode="r")
         return self._maps[shard]
 
+    def row(self, key: str) -> np.ndarray:
+        """One view's activations as float32 (L, T, D)."""
+        shard, i = self.entries[key]
+        data = np.asarray(self._map(shard)[i], dtype=np.float32)
+        if self.dtype == "int8":
+            data *= self._map(scales_name(shard))[i][..., None].astype(np.float32)
+        return data
+
     def get(self, keys: Sequence[str]) -> torch.Tensor:
         """Activations for ``keys`` as float32 (B, L, T, D)."""
-        rows = [self._map(self.entries[k][0])[self.entries[k][1]] for k in keys]
-        return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
+        if self.dtype != "int8":
+            rows = [self._map(self.entries[k][0])[self.entries[k][1]] for k in keys]
+            return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
+        q = np.stack([self._map(self.entries[k][0])[self.entries[k][1]] for k in keys]).astype(np.float32)
+        s = np.stack([self._map(scales_name(self.entries[k][0]))[self.entries[k][1]] for k in keys])
+        return torch.from_numpy(q * s[..., None].astype(np.float32))
+
+    def bytes_per_view(self) -> float:
+        """Disk bytes per cached view (data and scales)."""
+        files = list(self.dir.glob("shard-*.npy"))
+        return sum(f.stat().st_size for f in files) / max(len(self.entries), 1)
 
     def prune(self) -> int:
         """Delete shard files no index entry points to (left by an interrupted build)."""
         live = {v[0] for v in self.entries.values()}
+        live |= {scales_name(name) for name in live}
         dead = [p for p in self.dir.glob("shard-*.npy") if p.name not in live]
         for p in dead:
             os.unlink(p)
@@ -244,7 +292,7 @@ class SharedCache:
     """The activation cache mirrored in the artifact store, so a fresh GPU host encodes only what
     no host has encoded before.
 
-    Entries live at ``cache/<fingerprint>-<dtype>/<image sha256>[.flip].npy`` (one view each,
+    Entries live at ``cache/<fingerprint>-<dtype>/<image sha256>[.flip].npz`` (one view each,
     content-addressed: the same image under the same model is the same entry on every host).
     :meth:`build` downloads what the store has and this host lacks, encodes the rest through the
     local cache, and uploads what it encoded.
@@ -258,7 +306,7 @@ class SharedCache:
 
     @staticmethod
     def _name(key: str) -> str:
-        return key.replace(":", ".") + ".npy"
+        return key.replace(":", ".") + ".npz"
 
     def _remote(self) -> set[str]:
         return {k[len(self.prefix) :] for k in self.store.list(self.prefix)}
@@ -267,10 +315,17 @@ class SharedCache:
         from concurrent.futures import ThreadPoolExecutor
         from io import BytesIO
 
+        def fetch(key: str) -> tuple[np.ndarray, np.ndarray | None]:
+            with np.load(BytesIO(self.store.get_bytes(self.prefix + self._name(key)))) as z:
+                return z["data"], z.get("scales")
+
         with ThreadPoolExecutor(8) as pool:
-            rows = list(pool.map(lambda k: np.load(BytesIO(self.store.get_bytes(self.prefix + self._name(k)))), keys))
-        arr = np.stack(rows).astype(self.cache.dtype, copy=False)
+            rows = list(pool.map(fetch, keys))
         name = f"shard-{uuid.uuid4().hex[:12]}.npy"
+        if self.cache.dtype == "int8":  # stored exactly as encoded: no second rounding
+            with atomic_open(self.cache.dir / scales_name(name), "wb") as f:
+                np.save(f, np.stack([r[1] for r in rows]))
+        arr = np.stack([r[0] for r in rows])
         with atomic_open(self.cache.dir / name, "wb") as f:
             np.save(f, arr)
         self.cache.register(name, list(keys), list(arr.shape[1:]))
@@ -279,8 +334,11 @@ class SharedCache:
         from io import BytesIO
 
         shard, row = self.cache.entries[key]
+        parts = {"data": np.asarray(self.cache._map(shard)[row])}
+        if self.cache.dtype == "int8":
+            parts["scales"] = np.asarray(self.cache._map(scales_name(shard))[row])
         buf = BytesIO()
-        np.save(buf, np.asarray(self.cache._map(shard)[row]))
+        np.savez(buf, **parts)
         self.store.put_bytes(self.prefix + self._name(key), buf.getvalue())
 
     def build(

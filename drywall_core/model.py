@@ -55,6 +55,7 @@ class LoadedModel:
     base_id: str
     revision: str
     manifest: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # "int8": quantized for CPU inference (drywall_core.predict.for_inference)
 
     @property
     def image_size(self) -> int:

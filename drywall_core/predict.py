@@ -65,6 +65,34 @@ def _device(loaded: LoadedModel) -> torch.device:
     return next(loaded.model.parameters()).device
 
 
+PRECISIONS = ("fp32", "int8")
+
+
+def for_inference(loaded: LoadedModel, precision: str = "int8") -> LoadedModel:
+    """The model as prediction runs it, in place: ``fp32`` as trained, or ``int8`` -- on a CPU, the
+    linear layers of the vision tower (93% of its multiply-adds) dynamically quantized to int8
+    (weights per channel once, activations per batch); the decoder and the text tower stay fp32.
+
+    On 2 CPU cores this roughly halves the vision tower's time with masks that agree with the
+    fp32 model (bench/predict.py: mean IoU and speed, side by side). On a GPU the model stays as
+    it is (dynamic int8 is a CPU kernel). A quantized model is for inference only.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
+    if precision == "fp32" or loaded.precision == precision or _device(loaded).type != "cpu":
+        return loaded
+    import warnings
+
+    loaded.model.eval()
+    with warnings.catch_warnings():  # torch's eager quantization API prints a migration notice
+        warnings.simplefilter("ignore")
+        loaded.model.clip.vision_model = torch.ao.quantization.quantize_dynamic(
+            loaded.model.clip.vision_model, {torch.nn.Linear}, dtype=torch.qint8
+        )
+    loaded.precision = precision
+    return loaded
+
+
 def upsample_probs(logits: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
     """Sigmoid probabilities resized (bilinear) to each (width, height)."""
     out = []

@@ -200,6 +200,8 @@ def train(
     Writes ``checkpoint.pt`` (every epoch), ``metrics.jsonl``, ``training_curve.png`` and
     ``train_summary.json`` to ``out_dir``; the artifact is written by :func:`write_artifact`.
     """
+    if loaded.precision != "fp32":
+        raise InputError(f"cannot train a {loaded.precision} model: it was quantized for inference")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_s = [s for s in samples if s.side == "train"]

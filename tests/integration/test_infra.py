@@ -84,6 +84,9 @@ def test_compose_file_describes_the_stack() -> None:
     for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
         text = (REPO / "infra" / dockerfile).read_text()
         assert "torch==2.13.0" in text
+        # Data Docs offline: the assets land where Settings.data_docs_assets looks (sys.prefix/share)
+        prefix = "/opt/venv" if "VIRTUAL_ENV=/opt/venv" in text else "/usr/local"
+        assert "fetch-docs-assets.sh" in text and f"/drywall-docs {prefix}/share/drywall-docs" in text
     assert "cu128" in (REPO / "infra" / "Dockerfile.gpu").read_text()
     values = yaml.safe_load((REPO / "infra" / "k8s" / "prefect-worker-values.yaml").read_text())
     assert values["worker"]["config"] == {"workPool": "gpu", "type": "kubernetes", "limit": 2}

@@ -29,7 +29,7 @@ def _full_logits(loaded, paths, prompt="segment crack", flip=False):
     return out.logits, cond
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 def test_cache_reproduces_full_model_logits(tiny_model_dir, synthetic_samples, tmp_path, dtype) -> None:
     loaded = load_model(tiny_model_dir)
     paths = _images(synthetic_samples)
@@ -41,8 +41,40 @@ def test_cache_reproduces_full_model_logits(tiny_model_dir, synthetic_samples, t
     diff = (cached - full).abs().max().item()
     if dtype == "float32":
         assert diff <= 1e-5
-    else:  # stated tolerance: fp16 storage keeps logits within 1e-3 of their range
+    elif dtype == "float16":  # stated tolerance: fp16 storage keeps logits within 1e-3 of their range
         assert diff <= 1e-3 * full.abs().max().item()
+    else:  # stated tolerance: int8 per-token storage keeps logits within 1% of their range
+        assert diff <= 1e-2 * full.abs().max().item()
+        agree = ((cached >= 0) == (full >= 0)).float().mean().item()
+        assert agree >= 0.995, f"only {agree:.4f} of the pixels keep their side of the threshold"
+
+
+def test_int8_cache_is_half_of_fp16(tiny_model_dir, synthetic_samples, tmp_path) -> None:
+    loaded = load_model(tiny_model_dir)
+    items = [CacheItem(p) for p in _images(synthetic_samples, 8)]
+    sizes = {}
+    for dtype in ("float16", "int8"):
+        cache = ActivationCache(tmp_path / dtype, loaded, dtype)
+        cache.build(items, batch_size=8, progress=False)
+        sizes[dtype] = cache.bytes_per_view()
+    width = cache.index["shape"][-1]  # D bytes of int8 + one fp16 scale per token, vs 2 D bytes of fp16
+    assert sizes["int8"] / sizes["float16"] == pytest.approx((width + 2) / (2 * width), rel=0.02), sizes
+
+
+def test_shared_cache_moves_int8_entries_exactly(tiny_model_dir, synthetic_samples, tmp_path) -> None:
+    from drywall_core.features import SharedCache
+    from drywall_core.storage import LocalStore
+
+    loaded = load_model(tiny_model_dir)
+    items = [CacheItem(p) for p in _images(synthetic_samples, 6)]
+    keys = [it.key for it in items]
+    store = LocalStore(tmp_path / "store")
+    first = ActivationCache(tmp_path / "host-a", loaded, "int8")
+    assert SharedCache(first, store).build(items[:4], progress=False)["uploaded"] == 4
+    second = ActivationCache(tmp_path / "host-b", loaded, "int8")
+    stats = SharedCache(second, store).build(items, progress=False)
+    assert (stats["downloaded"], stats["encoded"], stats["uploaded"]) == (4, 2, 2)
+    assert torch.equal(first.get(keys[:4]), second.get(keys[:4])), "downloaded entries are the encoded bytes"
 
 
 def test_cache_matches_text_prompted_forward(tiny_model_dir, synthetic_samples, tmp_path) -> None:

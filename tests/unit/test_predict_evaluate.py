@@ -220,3 +220,36 @@ def test_train_shows_progress_for_every_stage(tiny_model_dir: Path, synthetic_ex
     screen = b"".join(chunks).decode(errors="replace")
     for stage in ("masks:", "split ", "activation cache:", "epoch 1/1:", "evaluate:", "drift features:"):
         assert stage in screen, f"no progress for {stage!r}"
+
+
+def test_int8_inference_agrees_with_fp32_and_is_selectable(cli, trained: Path, synthetic_exports, tmp_path) -> None:
+    """The default CPU path quantizes the vision tower only; fp32 stays one option away."""
+    from drywall_core.errors import InputError
+    from drywall_core.predict import for_inference, predict_probs
+    from drywall_core.train import train
+
+    fp32 = load_model(trained / "model")
+    int8 = for_inference(load_model(trained / "model"), "int8")
+    linears = [m for m in int8.model.clip.vision_model.modules() if "Linear" in type(m).__name__]
+    assert linears and all("quantized" in type(m).__module__ for m in linears), "every vision linear is int8"
+    assert not any("quantized" in type(m).__module__ for m in int8.model.decoder.modules()), "the decoder stays fp32"
+    imgs = [Image.open(p).convert("RGB") for p in sorted((synthetic_exports[0] / "train").glob("*.jpg"))[:6]]
+    ious = []
+    for a, b in zip(
+        predict_probs(fp32, imgs, "segment crack"), predict_probs(int8, imgs, "segment crack"), strict=True
+    ):
+        pa, pb = a >= 0.5, b >= 0.5
+        ious.append(1.0 if not (pa | pb).any() else (pa & pb).sum() / (pa | pb).sum())
+    assert np.mean(ious) >= 0.9, ious
+    with pytest.raises(InputError, match="cannot train a int8 model"):
+        train(int8, [], {}, None, tmp_path / "run", tmp_path / "cache")  # type: ignore[arg-type]
+
+    src = sorted((synthetic_exports[0] / "train").glob("*.jpg"))[0]
+    args = ("predict", src, "--prompt", "segment crack", "--model", trained / "model")
+    assert cli(*args, "--out", tmp_path / "f", "--precision", "fp32").code == 0
+    expected = (
+        predict_probs(fp32, [Image.open(src).convert("RGB")], "segment crack")[0] >= fp32.threshold_for("segment crack")
+    ) * 255
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "f" / output_name(src, "segment crack"))), expected)
+    bad = cli(*args, "--out", tmp_path / "g", "--precision", "int4")
+    assert bad.code == 2 and "precision must be one of fp32, int8" in bad.err

@@ -117,3 +117,21 @@ def test_named_profile_sits_between_settings_and_explicit_overrides() -> None:
     assert demo.weight_decay == 0.3, "what the profile does not name comes from settings"
     assert resolve_train_config(base, "tiny-demo", {"epochs": 3}).epochs == 3, "explicit overrides win"
     assert resolve_train_config(base) == base, "no profile: the settings' (production) recipe"
+
+
+def test_int8_cache_trains_as_well_as_fp16_on_the_real_exports(
+    tiny_model_dir, cracks_export: Path, drywall_export: Path, tmp_path
+) -> None:
+    """The evidence behind int8 being the default cache: same recipe, same data, same validation mIoU."""
+    from drywall_core.config import Settings
+    from drywall_core.samples import collect_samples
+
+    samples, specs = collect_samples([cracks_export, drywall_export], Settings(home=tmp_path / "home"))
+    best = {}
+    for dtype in ("float16", "int8"):
+        cfg = TrainConfig(epochs=4, batch_size=16, lr=1e-2, patience=10, flip=False, cache_dtype=dtype)
+        result = train(
+            load_model(tiny_model_dir), samples, specs, cfg, tmp_path / dtype, tmp_path / "cache", progress=False
+        )
+        best[dtype] = result.best_val_miou
+    assert abs(best["int8"] - best["float16"]) <= 0.01, best
