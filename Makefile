@@ -41,6 +41,8 @@ bench: setup
 	$(PY) -m bench.train_epoch
 	$(PY) -m bench.predict
 	$(PY) -m bench.drift
+	$(PY) -m bench.shared_cache
+	$(PY) -m bench.scale --quick
 
 clean:
 	rm -rf .drywall .pytest_cache .ruff_cache

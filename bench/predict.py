@@ -41,7 +41,8 @@ def naive(loaded, images) -> tuple[float, list[np.ndarray]]:
         for im in images:
             inputs = loaded.processor(text=[PROMPT], images=[im], padding=True, return_tensors="pt")
             logits = loaded.model(**inputs).logits
-            out.append(torch.sigmoid(F.interpolate(logits[None, None], size=im.size[::-1], mode="bilinear"))[0, 0])
+            up = F.interpolate(logits.reshape(1, 1, *logits.shape[-2:]), size=im.size[::-1], mode="bilinear")
+            out.append(torch.sigmoid(up)[0, 0])
     return time.perf_counter() - t0, [p.numpy() for p in out]
 
 

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from drywall_core.images import open_rgb
 from drywall_core.model import LoadedModel
 
 INDEX = "index.json"
+SAVE_EVERY_S = 2.0  # how often a build rewrites the index (an interrupt loses at most this much)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,6 +162,7 @@ class ActivationCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.index = self._read_index()
         self._maps: dict[str, np.ndarray] = {}
+        self._dirty, self._saved_at = False, time.monotonic()
 
     def _read_index(self) -> dict[str, Any]:
         try:
@@ -207,6 +210,7 @@ class ActivationCache:
                 if on_batch is not None:
                     on_batch(start // batch_size)
         finally:
+            self.flush()  # what was encoded is kept, also on an interrupt
             bar.close()
         return {"encoded": len(todo), "cached": len(items) - len(todo)}
 
@@ -241,11 +245,21 @@ class ActivationCache:
         return name, list(keys), list(arr.shape[1:])
 
     def register(self, shard: str, keys: list[str], shape: list[int]) -> None:
-        """Add a written shard to the index (atomically rewritten)."""
+        """Add a written shard to the index; the index file is rewritten at most every
+        ``SAVE_EVERY_S`` (rewriting it per batch is quadratic in the dataset) and by :meth:`flush`.
+        An interrupt loses at most those seconds of work: unindexed shards are re-encoded and pruned."""
         for row, key in enumerate(keys):
             self.entries[key] = [shard, row]
         self.index["shape"] = shape
-        atomic_write_text(self.dir / INDEX, json.dumps(self.index))
+        self._dirty = True
+        if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the index now (atomically), if anything was registered since the last write."""
+        if self._dirty:
+            atomic_write_text(self.dir / INDEX, json.dumps(self.index))
+            self._dirty, self._saved_at = False, time.monotonic()
 
     def _map(self, shard: str) -> np.ndarray:
         if shard not in self._maps:
@@ -329,6 +343,7 @@ class SharedCache:
         with atomic_open(self.cache.dir / name, "wb") as f:
             np.save(f, arr)
         self.cache.register(name, list(keys), list(arr.shape[1:]))
+        self.cache.flush()
 
     def _upload(self, key: str) -> None:
         from io import BytesIO

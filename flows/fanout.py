@@ -125,6 +125,7 @@ def activation_cache_flow(
         r = fut.result()
         cache.register(r["shard"], r["keys"], r["shape"])
         pids.add(r["pid"])
+    cache.flush()
     return {"encoded": len(todo), "cached": len(items) - len(todo), "pids": sorted(pids)}
 
 
