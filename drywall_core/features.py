@@ -266,14 +266,6 @@ class ActivationCache:
             self._maps[shard] = np.load(self.dir / shard, mmap_mode="r")
         return self._maps[shard]
 
-    def row(self, key: str) -> np.ndarray:
-        """One view's activations as float32 (L, T, D)."""
-        shard, i = self.entries[key]
-        data = np.asarray(self._map(shard)[i], dtype=np.float32)
-        if self.dtype == "int8":
-            data *= self._map(scales_name(shard))[i][..., None].astype(np.float32)
-        return data
-
     def get(self, keys: Sequence[str]) -> torch.Tensor:
         """Activations for ``keys`` as float32 (B, L, T, D)."""
         if self.dtype != "int8":
