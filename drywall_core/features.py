@@ -233,16 +233,19 @@ class ActivationCache:
 
     def write_shard(self, acts: np.ndarray, keys: list[str]) -> tuple[str, list[str], list[int]]:
         """Store float activations (B, L, T, D) in this cache's dtype as one shard (scales first, data last)."""
+        arr, scales = quantize_rows(acts) if self.dtype == "int8" else (acts.astype(self.dtype), None)
+        return self.save_shard(arr, scales), list(keys), list(arr.shape[1:])
+
+    def save_shard(self, arr: np.ndarray, scales: np.ndarray | None) -> str:
+        """Write already-encoded rows (and their int8 scales) as a new shard; returns its name.
+        The scales go first and the data last, each atomically, so a shard file is never half there."""
         name = f"shard-{uuid.uuid4().hex[:12]}.npy"
-        if self.dtype == "int8":
-            arr, scales = quantize_rows(acts)
+        if scales is not None:
             with atomic_open(self.dir / scales_name(name), "wb") as f:
                 np.save(f, scales)
-        else:
-            arr = acts.astype(self.dtype)
         with atomic_open(self.dir / name, "wb") as f:
             np.save(f, arr)
-        return name, list(keys), list(arr.shape[1:])
+        return name
 
     def register(self, shard: str, keys: list[str], shape: list[int]) -> None:
         """Add a written shard to the index; the index file is rewritten at most every
@@ -327,14 +330,10 @@ class SharedCache:
 
         with ThreadPoolExecutor(8) as pool:
             rows = list(pool.map(fetch, keys))
-        name = f"shard-{uuid.uuid4().hex[:12]}.npy"
-        if self.cache.dtype == "int8":  # stored exactly as encoded: no second rounding
-            with atomic_open(self.cache.dir / scales_name(name), "wb") as f:
-                np.save(f, np.stack([r[1] for r in rows]))
         arr = np.stack([r[0] for r in rows])
-        with atomic_open(self.cache.dir / name, "wb") as f:
-            np.save(f, arr)
-        self.cache.register(name, list(keys), list(arr.shape[1:]))
+        # stored exactly as encoded: int8 rows keep their scales, no second rounding
+        scales = np.stack([r[1] for r in rows]) if self.cache.dtype == "int8" else None
+        self.cache.register(self.cache.save_shard(arr, scales), list(keys), list(arr.shape[1:]))
         self.cache.flush()
 
     def _upload(self, key: str) -> None:

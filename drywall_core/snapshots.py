@@ -15,6 +15,7 @@ new to learn.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,10 +42,11 @@ FORMAT = 1
 
 def snapshot_ids(samples: Sequence[Sample]) -> dict[str, str]:
     """Dataset name -> snapshot id of its samples."""
-    lines: dict[str, list[str]] = {}
+    entries: dict[str, list[dict[str, str]]] = {}
     for s in samples:
-        lines.setdefault(s.dataset, []).append(f"{sha256_file(s.image)} {sha256_file(s.mask)} {s.side}")
-    return {name: hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest() for name, rows in lines.items()}
+        entry = {"sha256": sha256_file(s.image), "mask_sha256": sha256_file(s.mask), "side": s.side}
+        entries.setdefault(s.dataset, []).append(entry)
+    return {name: snapshot_id(rows) for name, rows in entries.items()}
 
 
 def training_identity(snapshots: dict[str, str], base_fingerprint: str, train_config: dict[str, Any]) -> dict:
@@ -75,7 +77,7 @@ def nothing_new(candidate: dict[str, Any], champion_manifest: dict[str, Any] | N
 
 
 def snapshot_id(entries: Iterable[dict[str, Any]]) -> str:
-    """The content id of a manifest's image entries (the same lines as :func:`snapshot_ids`)."""
+    """The content id of a manifest's image entries: sha256 over the sorted "image mask side" lines."""
     rows = sorted(f"{e['sha256']} {e['mask_sha256']} {e['side']}" for e in entries)
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
@@ -161,12 +163,9 @@ def publish_snapshot(
     with bar, ThreadPoolExecutor(8) as pool:
         for _ in pool.map(lambda item: store.put_file(item[1], base + item[0]), todo):
             bar.update()
-    uploaded = MANIFEST not in present
-    if uploaded:
-        try:
+    if MANIFEST not in present:
+        with contextlib.suppress(Conflict):  # someone published the same content meanwhile: the same snapshot
             store.create(base + MANIFEST, json.dumps(manifest, indent=1).encode())
-        except Conflict:  # someone published the same content meanwhile: the same snapshot
-            uploaded = False
     log.info("snapshot %s: %d files uploaded, %d already stored", ref, len(todo), len(files) - len(todo))
     return {
         "ref": ref,

@@ -11,9 +11,8 @@ from prefect.tasks import exponential_backoff
 
 from drywall_core.config import get_settings
 from drywall_core.datasets import load_registry
-from drywall_core.errors import CheckFailed
 from drywall_core.exports import open_export
-from drywall_core.ingest import snapshot_export, validation_summary
+from drywall_core.ingest import refuse_failed, snapshot_export, validation_summary
 from drywall_core.masks import render_masks
 from drywall_core.sources import already_pulled, copy_local_export, generate_synthetic, latest_version, pull_roboflow
 from drywall_core.storage import store_from_settings
@@ -97,7 +96,7 @@ def validate_task(export: str, report_dir: str, dataset: str | None = None) -> d
         markdown(
             "## Validation failed\n\n" + "\n".join(f"- `{ln}`" for ln in lines), f"validation-failures-{spec.name}"
         )
-        raise CheckFailed(f"{export}: validation failed ({len(lines)} failed expectations): {lines[0]}")
+        refuse_failed(report, Path(export))
     get_run_logger().info("validated %s as '%s'", export, spec.name)
     return {"export": export, "dataset": spec.name, "report": url, "validation": validation_summary(report)}
 
