@@ -371,6 +371,95 @@ def predict(
         raise CheckFailed(f"{len(report.failed)} of {len(images)} images could not be read")
 
 
+@app.command("label-queue")
+def label_queue(
+    model: Annotated[str, typer.Option(help="Model that predicts: fine-tuned artifact, model id or folder.")],
+    images: Annotated[Path, typer.Option(help="Folder of field images (searched recursively).")],
+    workspace: Annotated[str, typer.Option(help="Roboflow workspace slug.")],
+    project: Annotated[str, typer.Option(help="Roboflow project slug (a dataset in the registry gives the prompt).")],
+    top: Annotated[
+        int | None, typer.Option(min=1, help="Images to queue (default: DRYWALL_LABEL_QUEUE__PER_RUN, 20).")
+    ] = None,
+    batch: Annotated[str | None, typer.Option(help="Roboflow batch name (default: drywall-qa-<UTC date>).")] = None,
+    dry_run: Annotated[
+        Path | None, typer.Option(help="Write what would be queued here (images, COCO, queue.json); upload nothing.")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="Prompt, when the project is not in the dataset registry.")] = None,
+) -> None:
+    """Send the K field images the model is least sure of to Roboflow, with its masks as pre-annotations."""
+    import tempfile
+
+    from drywall_core import field
+    from drywall_core import label_queue as lq
+    from drywall_core.datasets import load_registry
+    from drywall_core.drift import IMAGE_EXTENSIONS
+    from drywall_core.model import load_model
+    from drywall_core.predict import for_inference
+    from drywall_core.sources.atomic import check_target, staged_dir
+    from drywall_core.storage import store_from_settings
+
+    s = get_settings()
+    spec = load_registry(s.datasets_file).by_project(project)
+    if spec is None and not prompt:
+        raise InputError(f"project '{project}' is not in the dataset registry: pass --prompt")
+    prompt = prompt or spec.prompt
+    label = spec.class_name if spec else project
+    if dry_run is not None:
+        check_target(dry_run, overwrite=False)
+    key = s.roboflow_key()
+    if dry_run is None and not key:
+        raise InputError("no Roboflow API key: set DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY (or use --dry-run)")
+    photos = field.field_images(images, IMAGE_EXTENSIONS) if images.is_dir() else None
+    if photos is None:
+        raise InputError(f"{images}: image folder not found")
+    if not photos:
+        raise InputError(f"{images}: no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    store = store_from_settings(s)
+    exclude = lq.queued_shas(store, workspace, project)
+    loaded = for_inference(load_model(model), s.inference_precision)
+    version = loaded.manifest.get("version") or Path(model).name
+    batch = batch or lq.default_batch()
+    with tempfile.TemporaryDirectory(prefix="drywall-label-queue-") as tmp:
+        run = field.predict_field(loaded, photos, [prompt], Path(tmp), str(version), done=None)
+        for item in run.skipped:
+            _err(f"{item['image']}: cannot read image ({item['reason']}); skipped")
+        picks = lq.pick(run.frame, prompt, top or s.label_queue.per_run, exclude=exclude)
+        items = lq.items_from(picks, {p.sha256: p.path for p in photos}, Path(tmp))
+        if dry_run is not None:
+            with staged_dir(dry_run, "label-queue") as staged:
+                report = lq.write_dry_run(items, label, batch, staged)
+            typer.echo(f"dry run: {len(report.queued)} images would be queued in {workspace}/{project} ({batch})")
+            for e in report.queued:
+                typer.echo(f"  {e['image']}  uncertain {e['uncertain_share']:.3f}  {e['regions']} region(s)")
+            typer.echo(f"written to {dry_run}")
+            return
+        client = lq.RoboflowProjectClient(workspace, project, key, s.roboflow_api_url)
+        report = lq.queue_for_labelling(
+            store,
+            client,
+            items,
+            workspace,
+            project,
+            label,
+            batch,
+            s.label_queue.per_day,
+            retries=s.pull_retries,
+            backoff_s=s.pull_backoff_s,
+        )
+    for e in report.queued:
+        typer.echo(f"queued {e['image']}  uncertain {e['uncertain_share']:.3f}  image id {e['image_id']}")
+    for name, why in report.failed:
+        _err(f"{name}: not queued ({why})")
+    if report.over_limit:
+        _err(f"{len(report.over_limit)} image(s) left for tomorrow: {s.label_queue.per_day} per day reached")
+    typer.echo(
+        f"{len(report.queued)} queued in {workspace}/{project} ({batch}); {len(exclude)} queued before, "
+        f"{len(report.failed)} failed"
+    )
+    if report.failed:
+        raise CheckFailed(f"{len(report.failed)} of {len(items)} images could not be queued")
+
+
 @app.command()
 def drift(
     reference: Annotated[Path, typer.Option(help="Reference images folder, or a reference_profile.parquet.")],

@@ -60,6 +60,22 @@ class GateConfig(BaseModel):
     min_dice: float = Field(0.05, ge=0, le=1, description="Every prompt's mean Dice must reach this.")
     max_regression: float = Field(0.02, ge=0, description="No prompt may fall more than this below the champion.")
     min_improvement: float = Field(0.005, ge=0, description="Mean mIoU must improve by at least this.")
+    shadow_images: int = Field(
+        20, ge=0, description="Latest field images both models predict before promotion (0 = no shadow run)."
+    )
+    min_shadow_agreement: float | None = Field(
+        None, ge=0, le=1, description="Refuse a candidate whose mean mask IoU with the champion falls below this."
+    )
+    strong_disagreement_iou: float = Field(
+        0.5, ge=0, le=1, description="Below this mask IoU an image counts as a strong disagreement."
+    )
+
+
+class LabelQueueConfig(BaseModel):
+    """Active learning: how many uncertain field images go to Roboflow for labelling."""
+
+    per_run: int = Field(20, ge=0, description="Images queued per predict-field run and prompt (0 = off).")
+    per_day: int = Field(100, ge=0, description="Images queued per Roboflow project per UTC day, across runs.")
 
 
 class Settings(BaseSettings):
@@ -132,8 +148,19 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(default=None, description="Scheduler of an existing Dask cluster (implies dask).")
     dask_workers: int = Field(default=0, ge=0, description="Workers of the local Dask cluster; 0 = all cores.")
 
-    # Drift
+    # Field images, drift and the loop back to labelling
     drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted features that means drift.")
+    field_images_prefix: str = Field(
+        default="field-images/", description="Where field photos land in the bucket (drift, predictions, shadow)."
+    )
+    label_queue: LabelQueueConfig = Field(default_factory=LabelQueueConfig)
+    evidently_workspace: Path | None = Field(
+        default=None, description="Evidently workspace of drift and quality over time; $DRYWALL_HOME/evidently."
+    )
+    stack_evidently_port: int = 8085
+    alert_webhook_url: SecretStr | None = Field(
+        default=None, description="Slack-compatible incoming webhook the alert automations post to."
+    )
 
     # Model and training (nested: DRYWALL_TRAIN__EPOCHS=30)
     base_model: str = Field(default="CIDAS/clipseg-rd64-refined", description="Hub id or local folder.")
@@ -153,6 +180,15 @@ class Settings(BaseSettings):
     @property
     def registry_root(self) -> Path:
         return self.home / "registry"
+
+    @property
+    def evidently_root(self) -> Path:
+        return Path(self.evidently_workspace or self.home / "evidently").expanduser().resolve()
+
+    @property
+    def field_images_dir(self) -> Path:
+        """Field photos on this host when no bucket is configured."""
+        return self.home / "field-images"
 
     @property
     def cache_root(self) -> Path:

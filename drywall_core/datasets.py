@@ -36,6 +36,11 @@ class DatasetSpec(BaseModel):
     categories: str = Field(description="Case-insensitive regex every used category name matches.")
     projects: list[str] = Field(default_factory=list)
     roboflow: RoboflowProject | None = Field(None, description="Published on Roboflow here (nightly flows).")
+    label: str | None = Field(None, description="Class name of pre-annotations sent to Roboflow (default: name).")
+
+    @property
+    def class_name(self) -> str:
+        return self.label or self.name
 
     @field_validator("categories")
     @classmethod
@@ -69,7 +74,8 @@ class DatasetRegistry(BaseModel):
     def by_project(self, project: str) -> DatasetSpec | None:
         slug = _slug(project)
         for spec in self.datasets.values():
-            if slug == _slug(spec.name) or slug in {_slug(p) for p in spec.projects}:
+            known = {_slug(p) for p in spec.projects} | ({_slug(spec.roboflow.project)} if spec.roboflow else set())
+            if slug == _slug(spec.name) or slug in known:
                 return spec
         return None
 

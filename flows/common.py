@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -44,3 +45,22 @@ def run_dir(kind: str) -> Path:
 
 def data_dir() -> Path:
     return Path(get_settings().home).resolve() / "data"
+
+
+def field_keys(keys: list[str] | str | None) -> list[str] | None:
+    """Event triggers render parameters as text: accept a JSON list too."""
+    if isinstance(keys, str):
+        parsed = json.loads(keys) if keys.strip().startswith("[") else [keys]
+        return [str(k) for k in parsed]
+    return keys
+
+
+def field_source(folder: str | None, bucket: str | None, prefix: str | None) -> tuple[str | None, str | None, str]:
+    """(folder, bucket, prefix) of field photos: the given ones, else the configured bucket under
+    ``DRYWALL_FIELD_IMAGES_PREFIX``, else the folder ``$DRYWALL_HOME/field-images``."""
+    s = get_settings()
+    prefix = prefix if prefix is not None else s.field_images_prefix
+    if not folder and not bucket:
+        bucket = s.s3_bucket
+        folder = None if bucket else str(s.field_images_dir)
+    return folder, bucket, prefix

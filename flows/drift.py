@@ -6,26 +6,15 @@ UI, a summary table, and a ``drywall.drift.detected`` event when the images drif
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from drywall_core.config import get_settings
-from flows.common import run_dir
+from flows.common import field_keys, field_source, run_dir
 from flows.fanout import drift_features_flow, run_fanout, use_dask
 from tasks.drift import drift_report_task, emit_drift_event_task, fetch_s3_images_task, reference_profile_task
 from tasks.registry import fetch_champion_task
-
-
-def _keys(keys: list[str] | str | None) -> list[str] | None:
-    """Event triggers render parameters as text: accept a JSON list too."""
-    if isinstance(keys, str):
-        parsed = json.loads(keys) if keys.strip().startswith("[") else [keys]
-        return [str(k) for k in parsed]
-    return keys
 
 
 @flow(name="drift", log_prints=True)
@@ -33,19 +22,18 @@ def drift(
     folder: str | None = None,
     bucket: str | None = None,
     keys: list[str] | str | None = None,
-    prefix: str = "field-images/",
+    prefix: str | None = None,
 ) -> dict[str, Any]:
     """Field images from ``folder``, or from ``bucket`` (``keys``, else everything under ``prefix``).
 
-    With neither, the configured S3 bucket (``DRYWALL_S3_BUCKET``) under ``prefix`` is used, or
-    else the folder ``$DRYWALL_HOME/field-images``.
+    With neither, the configured S3 bucket (``DRYWALL_S3_BUCKET``) under ``prefix``
+    (``DRYWALL_FIELD_IMAGES_PREFIX``, ``field-images/``) is used, or else the folder
+    ``$DRYWALL_HOME/field-images``.
     """
-    settings = get_settings()
-    if not folder and not bucket:
-        bucket = settings.s3_bucket
-        folder = None if bucket else str(Path(settings.home).resolve() / "field-images")
+    folder, bucket, prefix = field_source(folder, bucket, prefix)
+    keys = field_keys(keys)
     work = run_dir("drift")
-    current = folder or fetch_s3_images_task(bucket, _keys(keys), prefix, str(work / "images"))
+    current = folder or fetch_s3_images_task(bucket, keys, prefix, str(work / "images"))
     champion = fetch_champion_task(str(work / "champion"))
     profile = reference_profile_task(champion)
     run_id = str(flow_run.get_id() or "local")
@@ -53,7 +41,7 @@ def drift(
     if use_dask():  # fan the feature extraction out over the Dask cluster
         features = run_fanout(drift_features_flow, folder=current, out=str(work / "current_features.parquet"))
     summary = drift_report_task(profile, current, str(work / "report"), run_id, features)
-    source = {"folder": folder, "bucket": bucket, "keys": _keys(keys), "prefix": prefix}
+    source = {"folder": folder, "bucket": bucket, "keys": keys, "prefix": prefix}
     event_id = emit_drift_event_task(summary, champion["version"], source)
     get_run_logger().info(
         "drift %s (%.0f%% of features)",

@@ -33,7 +33,7 @@ class PullError(DrywallError):
     exit_code = 1
 
 
-class _Redacting(io.TextIOBase):
+class Redacting(io.TextIOBase):
     """A text stream that forwards to ``target`` with the API key masked."""
 
     def __init__(self, target: io.TextIOBase, secret: str) -> None:
@@ -56,7 +56,7 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """Network faults, truncated zips and 5xx/429 answers are worth another try."""
     import requests
 
@@ -73,7 +73,7 @@ def _download(workspace: str, project: str, version: int, dest: Path, api_key: s
     """One SDK download attempt into ``dest`` (SDK chatter to stderr, key masked)."""
     import roboflow
 
-    err = _Redacting(sys.stderr, api_key)
+    err = Redacting(sys.stderr, api_key)
     with contextlib.redirect_stdout(err), contextlib.redirect_stderr(err):
         rf = roboflow.Roboflow(api_key=api_key)
         ver = rf.workspace(workspace).project(project).version(version)
@@ -88,15 +88,16 @@ def _verify(dest: Path) -> None:
         raise PullError(f"{dest}: download incomplete: {len(missing)} referenced images missing ({shown})")
 
 
-def _point_sdk_at(api_url: str | None) -> None:
+def point_sdk_at(api_url: str | None) -> None:
     if api_url:  # the SDK reads API_URL once, at import
         if "roboflow" in sys.modules and os.environ.get("API_URL") != api_url:
             log.warning("roboflow already imported; API_URL override %s ignored", api_url)
         os.environ["API_URL"] = api_url
 
 
-def _with_retries(what: str, attempt_fn, api_key: str, retries: int, backoff_s: float, cleanup=None):
-    """Run one SDK call with exponential backoff on transient faults; a clean, key-free error otherwise."""
+def with_retries(what: str, attempt_fn, api_key: str, retries: int, backoff_s: float, cleanup=None, error: type = None):
+    """Run one SDK call with exponential backoff on transient faults; a clean, key-free ``error``
+    (default :class:`PullError`) otherwise."""
     for attempt in range(retries + 1):
         try:
             return attempt_fn()
@@ -104,12 +105,12 @@ def _with_retries(what: str, attempt_fn, api_key: str, retries: int, backoff_s: 
             msg = redact(f"{type(exc).__name__}: {exc}", api_key)
             if cleanup:
                 cleanup()
-            if attempt < retries and _is_transient(exc):
+            if attempt < retries and is_transient(exc):
                 delay = backoff_s * 2**attempt
                 log.warning("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt + 1, msg, delay)
                 time.sleep(delay)
                 continue
-            raise PullError(f"{what} failed after {attempt + 1} attempt(s): {msg}") from None
+            raise (error or PullError)(f"{what} failed after {attempt + 1} attempt(s): {msg}") from None
     raise AssertionError("unreachable")
 
 
@@ -125,17 +126,17 @@ def latest_version(
     """The newest published version number of a Roboflow project (the SDK's version list)."""
     if not api_key:
         raise InputError("no Roboflow API key: set DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY")
-    _point_sdk_at(api_url)
+    point_sdk_at(api_url)
 
     def ask() -> list[dict]:
         import roboflow
 
-        err = _Redacting(sys.stderr, api_key)
+        err = Redacting(sys.stderr, api_key)
         with contextlib.redirect_stdout(err), contextlib.redirect_stderr(err):
             rf = roboflow.Roboflow(api_key=api_key)
             return rf.workspace(workspace).project(project).get_version_information()
 
-    info = _with_retries(f"roboflow {workspace}/{project}: listing versions", ask, api_key, retries, backoff_s)
+    info = with_retries(f"roboflow {workspace}/{project}: listing versions", ask, api_key, retries, backoff_s)
     numbers = [int(n) for v in info if (n := str(v.get("id", "")).rsplit("/", 1)[-1]).isdigit()]
     if not numbers:
         raise PullError(f"roboflow {workspace}/{project}: no dataset version is published")
@@ -173,10 +174,10 @@ def pull_roboflow(
     check_target(out, overwrite)  # an unusable OUT is said before anything else
     if not api_key:
         raise InputError("no Roboflow API key: set DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY")
-    _point_sdk_at(api_url)
+    point_sdk_at(api_url)
     with staged_dir(out, "pull") as tmp:
         dest = tmp / "export"
-        _with_retries(
+        with_retries(
             f"roboflow {workspace}/{project}/{version}: download",
             lambda: _download(workspace, project, version, dest, api_key),
             api_key,

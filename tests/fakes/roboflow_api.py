@@ -1,11 +1,18 @@
-"""A loopback stand-in for the Roboflow REST API, enough for the real SDK's ``download()``.
+"""A loopback stand-in for the Roboflow REST API, enough for the real SDK's ``download()``,
+``upload_image()`` and ``save_annotation()``.
 
-Serves one project version whose COCO export is a zip built from a real export folder. Faults
-are injected per instance: ``truncate_next`` download attempts send half the zip and hang up.
+Serves one project version whose COCO export is a zip built from a real export folder, and
+accepts image uploads (multipart, answered like Roboflow: a new id, or ``duplicate`` for bytes it
+holds already) and annotations (JSON ``annotationFile`` + flags in the query), recording both in
+``uploads`` and ``annotations``. Faults are injected per instance: ``truncate_next`` download
+attempts send half the zip and hang up; ``fail_uploads_next`` uploads answer 503.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+import hashlib
 import io
 import json
 import threading
@@ -33,6 +40,10 @@ class FakeRoboflow:
         self.stall_s = 0.0
         self.downloads = 0
         self.requests: list[str] = []
+        self.uploads: list[dict] = []  # one per image the project holds: id, name, batch, tags, sha256, bytes
+        self.annotations: list[dict] = []  # one per accepted annotation: image_id, name, job, prediction, coco
+        self.fail_uploads_next = 0
+        self.upload_attempts = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -104,9 +115,67 @@ class FakeRoboflow:
                 return True
 
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
-                fake.requests.append(f"POST {urlparse(self.path).path}")
-                if self._authorised():
-                    self._json(200, {"welcome": "fake", "workspace": fake.workspace})
+                path = urlparse(self.path).path
+                fake.requests.append(f"POST {path}")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if not self._authorised():
+                    return None
+                parts = [p for p in path.split("/") if p]
+                query = parse_qs(urlparse(self.path).query)
+                if parts[:1] == ["dataset"] and len(parts) == 3 and parts[2] == "upload":
+                    return self._upload(parts[1], query, body)
+                if parts[:1] == ["dataset"] and len(parts) == 4 and parts[2] == "annotate":
+                    return self._annotate(parts[1], parts[3], query, body)
+                return self._json(200, {"welcome": "fake", "workspace": fake.workspace})
+
+            def _upload(self, project: str, query: dict, body: bytes) -> None:
+                fake.upload_attempts += 1
+                if project != fake.project:
+                    return self._json(404, {"error": {"message": f"project {project} not found"}})
+                if fake.fail_uploads_next > 0:
+                    fake.fail_uploads_next -= 1
+                    return self._json(503, {"error": {"message": "service unavailable, try again"}})
+                msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                    b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + body
+                )
+                fields = {
+                    part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+                    for part in msg.iter_parts()
+                }
+                data = fields.get("file") or b""
+                digest = hashlib.sha256(data).hexdigest()
+                for held in fake.uploads:
+                    if held["sha256"] == digest:
+                        return self._json(200, {"duplicate": True, "id": held["id"]})
+                image_id = f"img{len(fake.uploads) + 1:04d}"
+                fake.uploads.append(
+                    {
+                        "id": image_id,
+                        "name": (fields.get("name") or b"").decode(),
+                        "split": (fields.get("split") or b"").decode(),
+                        "batch": query.get("batch", [""])[0],
+                        "tags": query.get("tag", []),
+                        "sha256": digest,
+                        "bytes": data,
+                    }
+                )
+                return self._json(200, {"success": True, "id": image_id})
+
+            def _annotate(self, project: str, image_id: str, query: dict, body: bytes) -> None:
+                if project != fake.project or image_id not in {u["id"] for u in fake.uploads}:
+                    return self._json(404, {"error": {"message": f"image {image_id} not found"}})
+                doc = json.loads(body)
+                fake.annotations.append(
+                    {
+                        "image_id": image_id,
+                        "name": query.get("name", [""])[0],
+                        "job": query.get("jobName", [""])[0],
+                        "prediction": query.get("prediction", ["false"])[0] == "true",
+                        "coco": json.loads(doc["annotationFile"]),
+                        "labelmap": doc.get("labelmap"),
+                    }
+                )
+                return self._json(200, {"success": True})
 
             def do_GET(self) -> None:  # noqa: N802
                 path = urlparse(self.path).path

@@ -1,0 +1,114 @@
+"""`drywall label-queue`: the real roboflow SDK uploads the most uncertain photos to a loopback
+stand-in of the Roboflow API, each with its predicted mask as a polygon pre-annotation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drywall_core import field
+from drywall_core import label_queue as lq
+from drywall_core.drift import IMAGE_EXTENSIONS
+from tests.fakes.roboflow_api import FakeRoboflow
+
+pytestmark = pytest.mark.integration
+API_KEY = "testKey-queue42"
+DRYWALL = Path(sys.executable).parent / "drywall"
+WS, PROJECT = "site-qa", "cracks-3ii36-johwn"  # the crack dataset's project in the registry
+
+
+@pytest.fixture
+def photos(cracks_export: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "field"
+    out.mkdir()
+    for p in sorted((cracks_export / "valid").glob("*.jpg"))[:7]:
+        shutil.copyfile(p, out / p.name)
+    return out
+
+
+def _queue(fake: FakeRoboflow, model: Path, images: Path, home: Path, *extra: str, **env_extra: str):
+    env = {
+        **os.environ,
+        "DRYWALL_HOME": str(home),
+        "DRYWALL_ROBOFLOW_API_URL": fake.url,
+        "DRYWALL_ROBOFLOW_API_KEY": API_KEY,
+        "DRYWALL_PULL_RETRIES": "2",
+        "DRYWALL_PULL_BACKOFF_S": "0.05",
+        **env_extra,
+    }
+    cmd = [str(DRYWALL), "label-queue", "--model", str(model), "--images", str(images)]
+    cmd += ["--workspace", WS, "--project", PROJECT, *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _expected_masks(model: Path, images: Path, tmp: Path) -> tuple[dict, object]:
+    """The masks the command predicts (same model, int8 as on the command line), by image name."""
+    from drywall_core.model import load_model
+    from drywall_core.predict import for_inference
+
+    loaded = for_inference(load_model(model), "int8")
+    run = field.predict_field(loaded, field.field_images(images, IMAGE_EXTENSIONS), ["segment crack"], tmp, "x")
+    return {r.image: tmp / r.mask for r in run.frame.itertuples()}, run.frame
+
+
+def test_label_queue_uploads_uncertain_images_with_prediction_polygons(
+    tiny_model_dir: Path, photos: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    home = tmp_path / "home"
+    masks, frame = _expected_masks(tiny_model_dir, photos, tmp_path / "expected")
+    ranked = list(lq.pick(frame, "segment crack", 7)["image"])
+    with FakeRoboflow(WS, PROJECT, 1, b"", API_KEY) as fake:
+        dry = _queue(fake, tiny_model_dir, photos, home, "--top", "3", "--dry-run", str(tmp_path / "dry"))
+        assert dry.returncode == 0, dry.stderr
+        planned = json.loads((tmp_path / "dry" / "queue.json").read_text())
+        assert [e["image"] for e in planned["images"]] == ranked[:3] and not fake.uploads
+
+        fake.fail_uploads_next = 1  # a 503 on the first upload: retried with backoff
+        first = _queue(fake, tiny_model_dir, photos, home, "--top", "3")
+        assert first.returncode == 0, first.stdout + first.stderr
+        batch = f"drywall-qa-{datetime.now(UTC):%Y-%m-%d}"
+        assert [u["name"] for u in fake.uploads] == ranked[:3]
+        assert {u["batch"] for u in fake.uploads} == {batch} and fake.upload_attempts == 4
+        assert len(fake.annotations) == 3
+        for ann in fake.annotations:
+            upload = next(u for u in fake.uploads if u["id"] == ann["image_id"])
+            assert ann["prediction"] is True and ann["job"] == batch
+            coco = ann["coco"]
+            assert coco["images"][0]["file_name"] == upload["name"] and coco["categories"][0]["name"] == "crack"
+            img = coco["images"][0]
+            polys = [seg for a in coco["annotations"] for seg in a["segmentation"]]
+            predicted = np.asarray(Image.open(masks[upload["name"]])) > 0
+            assert lq.mask_iou(lq.rasterise(polys, img["height"], img["width"]), predicted) >= 0.9
+
+        # a second run queues the next most uncertain images, never one already queued; 5 a day at most
+        second = _queue(fake, tiny_model_dir, photos, home, "--top", "3", DRYWALL_LABEL_QUEUE__PER_DAY="5")
+        assert second.returncode == 0, second.stderr
+        names = [u["name"] for u in fake.uploads]
+        assert names == ranked[:5] and len({u["sha256"] for u in fake.uploads}) == 5
+        assert "left for tomorrow" in second.stderr
+        for out in (dry, first, second):
+            assert API_KEY not in out.stdout + out.stderr
+
+
+def test_label_queue_reports_failures_per_image_and_resumes(tiny_model_dir: Path, photos: Path, tmp_path: Path):
+    home = tmp_path / "home"
+    with FakeRoboflow(WS, PROJECT, 1, b"", API_KEY) as fake:
+        fake.fail_uploads_next = 100  # Roboflow down: every attempt fails
+        down = _queue(fake, tiny_model_dir, photos, home, "--top", "2")
+        assert down.returncode == 1 and down.stderr.count("not queued") == 2
+        assert "failed after 3 attempt(s)" in down.stderr and API_KEY not in down.stdout + down.stderr
+        fake.fail_uploads_next = 0
+        up = _queue(fake, tiny_model_dir, photos, home, "--top", "2")
+        assert up.returncode == 0 and len(fake.uploads) == 2 and len(fake.annotations) == 2
+        bad = _queue(fake, tiny_model_dir, photos, home, "--top", "2", "--project", "nowhere")
+        assert bad.returncode == 2 and "--prompt" in bad.stderr
