@@ -36,6 +36,30 @@ def webhook_serve(
     uvicorn.run(application, host=host or s.webhook_host, port=port or s.webhook_port, log_level="info")
 
 
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert automations on the Prefect server (no Cloud needed).")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("setup")
+def alerts_setup(
+    url: Annotated[
+        str | None, typer.Option(help="Slack-compatible incoming webhook (default: DRYWALL_ALERT_WEBHOOK_URL).")
+    ] = None,
+) -> None:
+    """Create or update the notification block and the alert automations (needs PREFECT_API_URL)."""
+    from deployments.alerts import ensure_alerts
+
+    s = get_settings()
+    target = url or (s.alert_webhook_url.get_secret_value() if s.alert_webhook_url else None)
+    if not target:
+        typer.echo("alerts: no webhook URL (DRYWALL_ALERT_WEBHOOK_URL); automations not created")
+        return
+    if not target.startswith(("http://", "https://")):
+        raise InputError(f"alert webhook URL must be http(s)://..., not '{target[:40]}'")
+    for name in ensure_alerts(target):
+        typer.echo(f"alert automation ready: {name}")
+
+
 stack_app = typer.Typer(no_args_is_help=True, help="The local production-like stack on loopback.")
 app.add_typer(stack_app, name="stack")
 

@@ -556,13 +556,16 @@ def registry_list() -> None:
 
 
 @registry_app.command("show")
-def registry_show(version: Annotated[str, typer.Argument(help="Version id, or 'champion'.")] = "champion") -> None:
-    """A version's manifest (JSON)."""
+def registry_show(
+    version: Annotated[str, typer.Argument(help="Version id, or 'champion'.")] = "champion",
+    card: Annotated[bool, typer.Option("--card", help="Print the version's MODEL_CARD.md instead.")] = False,
+) -> None:
+    """A version's manifest (JSON), or its model card."""
     reg = _registry()
     v = reg.champion_version() if version == "champion" else version
     if not v:
         raise CheckFailed("no champion yet")
-    typer.echo(json.dumps(reg.show(v), indent=2))
+    typer.echo(reg.card(v) if card else json.dumps(reg.show(v), indent=2))
 
 
 @registry_app.command("promote")

@@ -3,7 +3,12 @@
 Rules (all must hold), on metrics of both models measured on the *same* validation images:
 1. every prompt's mIoU >= ``min_miou`` and mean Dice >= ``min_dice``;
 2. no prompt's mIoU falls more than ``max_regression`` below the champion's;
-3. the mean mIoU over prompts improves by at least ``min_improvement`` (or there is no champion).
+3. the mean mIoU over prompts improves by at least ``min_improvement`` (or there is no champion);
+4. optionally (``min_shadow_agreement``), on the latest field photos the candidate's masks agree with
+   the champion's (mean IoU per prompt) at least that much: a candidate may score better on the
+   labelled set and still change field behaviour too much.
+
+The shadow comparison is reported either way: in the decision, its reasons and the audit line.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ class GateDecision:
     candidate_miou: float
     champion_miou: float | None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    shadow: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -30,7 +36,27 @@ def _per_prompt(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {d["prompt"]: {"miou": d["miou"], "mean_dice": d["mean_dice"]} for d in metrics["datasets"].values()}
 
 
-def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, cfg: GateConfig) -> GateDecision:
+def shadow_lines(shadow: dict[str, Any] | None, cfg: GateConfig) -> tuple[list[str], list[str]]:
+    """(refusals, notes) from a shadow comparison (``shadow.shadow_compare`` format, or a ``note``)."""
+    if not shadow or not shadow.get("prompts"):
+        return [], [f"shadow: {(shadow or {}).get('note') or 'not run'}"]
+    refusals, notes = [], []
+    for prompt, row in sorted(shadow["prompts"].items()):
+        notes.append(
+            f"shadow: '{prompt}' agreement {row['agreement']:.3f} with the champion on {row['images']} field images"
+            f" ({row['strong_disagreement_share']:.0%} disagree strongly)"
+        )
+        if cfg.min_shadow_agreement is not None and row["agreement"] < cfg.min_shadow_agreement:
+            refusals.append(
+                f"'{prompt}': shadow agreement {row['agreement']:.3f} with the champion is below the floor "
+                f"{cfg.min_shadow_agreement:.3f} (field behaviour would change too much)"
+            )
+    return refusals, notes
+
+
+def decide(
+    candidate: dict[str, Any], champion: dict[str, Any] | None, cfg: GateConfig, shadow: dict[str, Any] | None = None
+) -> GateDecision:
     """Judge evaluation metrics (``evaluate()`` format) of a candidate against the champion's."""
     cand = _per_prompt(candidate)
     champ = _per_prompt(champion) if champion else {}
@@ -66,6 +92,8 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, cfg: Gate
                 f"mean mIoU {cand_mean:.3f} does not beat the champion's {champ_mean:.3f} "
                 f"by the required {cfg.min_improvement:.3f}"
             )
+    refusals, notes = shadow_lines(shadow, cfg)
+    reasons += refusals
     promote = not reasons
     if promote:
         reasons.append(
@@ -73,4 +101,4 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any] | None, cfg: Gate
             if champion is None
             else f"mean mIoU {cand_mean:.3f} beats the champion's {champ_mean:.3f}; no prompt regresses"
         )
-    return GateDecision(promote, reasons, cand_mean, champ_mean, rows)
+    return GateDecision(promote, reasons + notes, cand_mean, champ_mean, rows, dict(shadow or {}))

@@ -113,13 +113,6 @@ def pick(
     return ranked.drop(columns="_share").head(max(k, 0))
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two binary masks; two empty masks agree fully."""
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 # -- the queue record ---------------------------------------------------------------------------
 class LabelQueueError(DrywallError):
     exit_code = 1

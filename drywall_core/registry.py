@@ -22,6 +22,7 @@ from typing import Any
 
 from drywall_core.errors import CheckFailed, InputError
 from drywall_core.model import MANIFEST_FILE, read_manifest
+from drywall_core.model_card import CARD_FILE, render_card
 from drywall_core.storage import ArtifactStore, Conflict, IntegrityError, NotFound, sha256_bytes, sha256_file
 
 CHAMPION = "champion"
@@ -80,8 +81,20 @@ class ModelRegistry:
             "published_at": now(),
             "files": files,
         }
+        metrics_file = artifact_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        card = render_card(record, metrics if isinstance(metrics, dict) and "datasets" in metrics else None).encode()
+        self.store.put_bytes(self.version_key(version, CARD_FILE), card)
+        files[CARD_FILE] = sha256_bytes(card)
         self.store.create(self.version_key(version, MANIFEST_FILE), json.dumps(record, indent=2).encode())
         return record
+
+    def card(self, version: str) -> str:
+        """The version's MODEL_CARD.md (versions published before cards existed get one rendered now)."""
+        record = self.show(version)
+        if CARD_FILE in record["files"]:
+            return self.store.get_bytes(self.version_key(version, CARD_FILE)).decode()
+        return render_card(record)
 
     def versions(self) -> list[str]:
         suffix = "/" + MANIFEST_FILE

@@ -174,6 +174,7 @@ def publish_snapshot(
         "uri": f"{store.url}/{base}".rstrip("/"),
         "uploaded_files": len(todo),
         "counts": {k: manifest["split"][k] for k in ("train_images", "val_images", "train_sources", "val_sources")},
+        "source": manifest.get("lineage"),
     }
 
 

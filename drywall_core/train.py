@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import platform
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -221,7 +222,7 @@ def train(
     train_items, train_keys, train_views = _prepare_views(train_s, specs, size, cfg.flip)
     val_items, val_keys, val_views = _prepare_views(val_s, specs, size, False)
     cache = ActivationCache(cache_root, loaded, cfg.cache_dtype)
-    t0 = time.perf_counter()
+    t0 = t_start = time.perf_counter()
     stats = cache.build(train_items + val_items, cfg.cache_batch_size, progress, keys=train_keys + val_keys)
     cache_seconds = time.perf_counter() - t0
     val_flat = [v[0] for v in val_views]
@@ -334,6 +335,8 @@ def train(
         "config": cfg.model_dump(),
         "datasets": {k: v.model_dump() for k, v in specs.items()},
         "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
     }
     atomic_write_text(out_dir / "train_summary.json", json.dumps(summary, indent=2))
     return TrainResult(out_dir, best_epoch, best, len(history), stopped_early, history, summary)

@@ -24,7 +24,7 @@ from flows.common import Source, run_dir
 from flows.ingest import ingest
 from flows.train import train_flow
 from tasks.artifacts import image, link, markdown
-from tasks.model import evaluate_task, fetch_candidate_task
+from tasks.model import evaluate_task, fetch_candidate_task, shadow_task
 from tasks.registry import fetch_champion_task, gate_task, promote_task, publish_task, registry
 
 
@@ -119,10 +119,9 @@ def retrain(
 
     champion = fetch_champion_task(str(work / "champion"))
     champ_metrics = evaluate_task(champion["path"], snapshots, str(work / "champion-eval")) if champion else None
-    decision = gate_task(result["metrics"], champ_metrics)
-    lineage = [
-        {"dataset": r["dataset"], "snapshot": r["snapshot"], "uri": r["uri"], "counts": r["counts"]} for r in records
-    ]
+    shadow = shadow_task(result["artifact"], champion, str(work / "shadow"))
+    decision = gate_task(result["metrics"], champ_metrics, shadow)
+    lineage = [{k: r.get(k) for k in ("dataset", "snapshot", "uri", "counts", "source", "validation")} for r in records]
     record = publish_task(
         result["artifact"],
         {
@@ -135,6 +134,7 @@ def retrain(
         },
     )
     outcome = promote_task(record["version"], champion["etag"] if champion else None, decision)
+    markdown(reg.card(record["version"]), "model-card", f"MODEL_CARD.md of {record['version']}")
 
     markdown(
         comparison_table(decision),

@@ -78,3 +78,28 @@ def evaluate_task(model: str, snapshots: list[str], out: str) -> str:
 
 def read_metrics(path: str) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+@task
+def shadow_task(candidate: str, champion: dict[str, Any] | None, dest: str) -> dict[str, Any]:
+    """Candidate and champion on the latest field photos (no labels): how much would field masks change?"""
+    from drywall_core.predict import for_inference
+    from drywall_core.shadow import latest_field_images, shadow_compare
+    from tasks.field import prompts_of_registry
+
+    s = get_settings()
+    if champion is None:
+        return {"note": "no champion: nothing to compare with"}
+    if s.gate.shadow_images == 0:
+        return {"note": "off (DRYWALL_GATE__SHADOW_IMAGES=0)"}
+    images = latest_field_images(s, s.gate.shadow_images, Path(dest))
+    if not images:
+        where = f"s3://{s.s3_bucket}/{s.field_images_prefix}" if s.s3_bucket else str(s.field_images_dir)
+        get_run_logger().info("shadow evaluation: no field images under %s", where)
+        return {"note": f"no field images under {where}: skipped"}
+    cand = for_inference(load_model(candidate), s.inference_precision)
+    champ = for_inference(load_model(champion["path"]), s.inference_precision)
+    result = shadow_compare(cand, champ, images, prompts_of_registry(), s.gate.strong_disagreement_iou)
+    for prompt, row in result["prompts"].items():
+        get_run_logger().info("shadow '%s': agreement %.3f on %d field images", prompt, row["agreement"], row["images"])
+    return result

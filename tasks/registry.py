@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
 from drywall_core.config import get_settings
@@ -33,11 +34,14 @@ def fetch_champion_task(dest: str) -> dict[str, Any] | None:
 
 
 @task
-def gate_task(candidate_metrics: str, champion_metrics: str | None) -> dict[str, Any]:
+def gate_task(
+    candidate_metrics: str, champion_metrics: str | None, shadow: dict[str, Any] | None = None
+) -> dict[str, Any]:
     decision = decide(
         read_metrics(candidate_metrics),
         read_metrics(champion_metrics) if champion_metrics else None,
         get_settings().gate,
+        shadow,
     )
     get_run_logger().info("gate: %s (%s)", "PROMOTE" if decision.promote else "REFUSE", "; ".join(decision.reasons))
     return decision.to_dict()
@@ -51,5 +55,21 @@ def publish_task(artifact: str, extra: dict[str, Any]) -> dict[str, Any]:
 
 @task
 def promote_task(version: str, expected_etag: str | None, decision: dict[str, Any]) -> dict[str, Any]:
-    """Move the champion alias if the gate said so; record every decision in the audit log."""
-    return registry().settle(version, expected_etag, decision)
+    """Move the champion alias if the gate said so; record every decision in the audit log.
+
+    A refusal emits ``drywall.gate.refused`` (labelled ``drywall.regression: "true"`` when a prompt
+    regressed against the champion), which the alert automations listen to.
+    """
+    reg = registry()
+    outcome = reg.settle(version, expected_etag, decision)
+    if not outcome["promoted"]:
+        regression = any("regresses" in r or "shadow agreement" in r for r in decision["reasons"])
+        emit_event(
+            event="drywall.gate.refused",
+            resource={
+                "prefect.resource.id": f"drywall.model.{reg.name}",
+                "drywall.regression": "true" if regression else "false",
+            },
+            payload={"version": version, "reasons": decision["reasons"], "champion": reg.champion_version()},
+        )
+    return outcome

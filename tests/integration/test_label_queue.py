@@ -17,6 +17,7 @@ import pytest
 from drywall_core import field
 from drywall_core import label_queue as lq
 from drywall_core.drift import IMAGE_EXTENSIONS
+from drywall_core.metrics import iou
 from tests.fakes.roboflow_api import FakeRoboflow
 
 pytestmark = pytest.mark.integration
@@ -88,7 +89,7 @@ def test_label_queue_uploads_uncertain_images_with_prediction_polygons(
             img = coco["images"][0]
             polys = [seg for a in coco["annotations"] for seg in a["segmentation"]]
             predicted = np.asarray(Image.open(masks[upload["name"]])) > 0
-            assert lq.mask_iou(lq.rasterise(polys, img["height"], img["width"]), predicted) >= 0.9
+            assert iou(lq.rasterise(polys, img["height"], img["width"]), predicted) >= 0.9
 
         # a second run queues the next most uncertain images, never one already queued; 5 a day at most
         second = _queue(fake, tiny_model_dir, photos, home, "--top", "3", DRYWALL_LABEL_QUEUE__PER_DAY="5")

@@ -8,6 +8,8 @@ under an empty tmpfs. ``retrain-nightly`` is run with no parameters, as its sche
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
@@ -31,6 +34,7 @@ DEPLOYMENTS = (
     "train/train-gpu",
     "evaluate-champion/evaluate-nightly",
     "drift/drift-daily",
+    "predict-field/predict-field",
     "ingest/ingest",
 )
 
@@ -194,6 +198,23 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
         assert fake.downloads == 2 and len(_flow_runs(api, "train")) == 2
         assert len(reg.versions()) == 2, "the new version's candidate was published (and gated)"
         assert len(reg.store.list("datasets/cracks/")) > len(reg.store.list(f"datasets/cracks/{snap[1]}/"))
+
+        # 4. field photos land in the bucket: predicted on the gpu host, the uncertain ones queued on Roboflow
+        keys = []
+        for i, photo in enumerate(sorted((tmp_path / "v4" / "synthetic-cracks.v1i.coco" / "valid").glob("*.jpg"))[:3]):
+            keys.append(f"field-images/{tmp_path.name}/site-{i}.jpg")
+            s3_server.client().upload_file(str(photo), s3_server.bucket, keys[-1])
+        params = json.dumps({"bucket": s3_server.bucket, "keys": keys})
+        field_run = [str(BIN / "prefect"), "deployment", "run", "predict-field/predict-field", "--params", params]
+        assert "Completed" in _run([*field_run, "--watch", "--watch-timeout", "300"], env, timeout=330).stdout
+        (predicted,) = _flow_runs(api, "predict-field")
+        assert predicted["work_pool_name"] == "gpu"
+        champion = reg.champion_version()
+        summary = pd.read_parquet(io.BytesIO(reg.store.get_bytes(f"predictions/{champion}/summary.parquet")))
+        assert sorted(summary["image"]) == sorted(keys) and set(summary["prompt"]) == {"segment crack"}
+        assert all(reg.store.exists(f"predictions/{champion}/{m}") for m in summary["mask"])
+        assert sorted(u["name"] for u in fake.uploads) == sorted(Path(k).name for k in keys)
+        assert all(a["prediction"] for a in fake.annotations) and len(fake.annotations) == 3
     finally:
         for w in workers:
             os.killpg(w.pid, signal.SIGTERM)

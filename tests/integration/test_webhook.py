@@ -1,4 +1,5 @@
-"""The webhook receiver over real HTTP (uvicorn) against a real Prefect server with the deployments."""
+"""The webhook receiver over real HTTP (uvicorn) against a real Prefect server with the deployments,
+and the alert automations that setup creates there, posting to a loopback Slack-compatible sink."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -24,20 +27,47 @@ BIN = Path(sys.executable).parent
 SECRET = "whsec-test-7f3a9c"
 
 
+class Sink:
+    """A Slack-compatible incoming webhook on loopback: records every JSON body posted to it."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                sink.messages.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/XXXX"
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Prefect server + pools + deployments (with their triggers) + the receiver on loopback."""
+    """Prefect server + pools + alerts + deployments (with their triggers) + the receiver on loopback."""
     tmp = tmp_path_factory.mktemp("webhook-stack")
     server = PrefectServer(tmp / "prefect").start()
+    sink = Sink()
     env = {
         **server.env(),
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "DRYWALL_REPO": str(REPO),
         "DRYWALL_HOME": str(tmp / "home"),
         "DRYWALL_WEBHOOK_SECRET": SECRET,
+        "DRYWALL_ALERT_WEBHOOK_URL": sink.url,
     }
     for cmd in (
         ["bash", "deployments/create-pools.sh"],
+        ["bash", "deployments/create-pools.sh"],  # twice: the alerts are updated, not duplicated
         [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
     ):
         r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -61,10 +91,11 @@ def stack(tmp_path_factory):
             time.sleep(0.2)
     else:
         raise RuntimeError(log.read_text())
-    yield {"url": url, "api": server.api_url, "log": log, "proc": proc}
+    yield {"url": url, "api": server.api_url, "log": log, "proc": proc, "sink": sink, "env": env}
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(20)
     server.stop()
+    sink.server.shutdown()
 
 
 def post(
@@ -233,3 +264,62 @@ def test_receiver_stays_up_and_never_logs_the_secret(stack) -> None:
     log = stack["log"].read_text()
     assert "refused POST /hooks/roboflow" in log
     assert SECRET not in log
+
+
+FAILING_FLOW = """
+from prefect import flow
+
+@flow(name="drywall-alert-probe")
+def probe():
+    raise RuntimeError("probe failure for the alert test")
+
+try:
+    probe()
+except RuntimeError:
+    pass
+"""
+
+
+def _wait_for(pred, timeout: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_alerts_one_notification_per_failed_run_and_per_drift(stack) -> None:
+    api, sink, env = stack["api"], stack["sink"], stack["env"]
+    names = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
+    alerts = [a["name"] for a in names if a["name"].startswith("drywall: ")]
+    assert sorted(alerts) == sorted(set(alerts)) and len(alerts) == 4, "setup twice updates, never duplicates"
+
+    r = subprocess.run([sys.executable, "-c", FAILING_FLOW], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = httpx.post(
+        f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["drywall-alert-probe"]}}}, timeout=30
+    ).json()
+    (run,) = runs
+    assert run["state_type"] == "FAILED"
+
+    def about_run() -> list[dict]:
+        return [m for m in sink.messages if run["name"] in m.get("text", "")]
+
+    assert _wait_for(lambda: about_run()), f"no notification for {run['name']}: {sink.messages}"
+    time.sleep(5)  # a duplicate would arrive within this window
+    (message,) = about_run()
+    assert "Failed" in message["text"] and "drywall-alert-probe" in message["text"]
+    assert "probe failure for the alert test" in message["text"]
+
+    event = {
+        "event": "drywall.drift.detected",
+        "resource": {"prefect.resource.id": "drywall.field-images"},
+        "payload": {"drifted_share": 0.75, "drifted_columns": ["brightness_mean"], "n_current": 12, "champion": "v9"},
+        "id": str(uuid.uuid4()),
+        "occurred": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    assert httpx.post(f"{api}/events", json=[event], timeout=30).status_code == 204
+    assert _wait_for(lambda: any("drifted" in m.get("text", "") for m in sink.messages))
+    (drift,) = [m for m in sink.messages if "drifted" in m.get("text", "")]
+    assert "champion v9" in drift["text"] and "75% of features" in drift["text"] and "brightness_mean" in drift["text"]

@@ -14,6 +14,7 @@ from scipy import ndimage
 from drywall_core import field
 from drywall_core import label_queue as lq
 from drywall_core.drift import IMAGE_EXTENSIONS
+from drywall_core.metrics import iou
 from drywall_core.storage import LocalStore
 
 PROMPTS = ["segment crack", "segment taping area"]
@@ -45,7 +46,7 @@ def test_polygons_rasterise_back_to_the_mask(mask: np.ndarray) -> None:
     assert polys and all(len(p) >= 6 and len(p) % 2 == 0 for p in polys)
     back = lq.rasterise(polys, *mask.shape)
     filled = ndimage.binary_fill_holes(mask)
-    assert lq.mask_iou(back, filled) == 1.0
+    assert iou(back, filled) == 1.0
 
 
 def test_polygons_fill_holes_and_empty_masks_give_none() -> None:
