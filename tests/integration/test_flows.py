@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,10 @@ def test_ingest_real_export(prefect_api, drywall_export: Path, tmp_path: Path) -
     assert again[0]["ref"] == rec["ref"] and again[0]["uploaded_files"] == 0, "same content, same snapshot"
 
 
-def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_retrain_promotes_then_refuses_a_worse_candidate(
+    prefect_api, tiny_model_dir: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    from drywall_core.config import get_settings
     from flows.common import Source
     from flows.evaluate import evaluate_champion
     from flows.retrain import retrain
@@ -103,6 +107,14 @@ def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model
     assert champion_manifest["staging"].endswith(f"staging/{first_run}"), "published from the staging area"
     assert reg.store.exists(f"staging/{first_run}/candidate.json")
     assert {"decoder.safetensors", "config.json", "metrics.json"} <= set(champion_manifest["files"])
+    assert "MODEL_CARD.md" in champion_manifest["files"]
+    card = reg.card(first["version"])
+    assert card == _artifacts(first_run)["model-card"].data
+    for section in ("## Training data", "## Evaluation", "## Promotion gate", "## Known limits", "boundary F1"):
+        assert section in card
+    assert "shadow: no champion" in card and "Threshold sweep" in card and "weak box labels" in card
+    for item in champion_manifest["lineage"]:
+        assert f"`{item['snapshot'][:16]}`" in card and "Great Expectations" in card
     trained_from = champion_manifest["trained_from"]
     assert set(trained_from["snapshots"]) == {"cracks", "drywall-join"}
     assert trained_from["train_config"]["lr"] == GOOD["lr"] and trained_from["base_fingerprint"]
@@ -115,6 +127,10 @@ def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model
     assert state.is_completed() and reg.versions() == [first["version"]], "nothing trained, nothing published"
     assert "Nothing new" in _artifacts(state.state_details.flow_run_id)["retrain-nothing-new"].data
 
+    field_dir = get_settings().field_images_dir  # site photos have arrived: the gate runs a shadow comparison
+    field_dir.mkdir(parents=True)
+    for photo in sorted((synthetic_root / "synthetic-cracks.v1i.coco" / "valid").glob("*.jpg"))[:3]:
+        shutil.copyfile(photo, field_dir / photo.name)
     state = retrain(
         sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=BAD, return_state=True
     )
@@ -125,9 +141,13 @@ def test_retrain_promotes_then_refuses_a_worse_candidate(prefect_api, tiny_model
     log = reg.audit_log()
     assert [e["action"] for e in log] == ["promote", "refuse"]
     assert log[1]["decision"]["champion_miou"] is not None
+    shadow = log[1]["decision"]["shadow"]
+    assert set(shadow["prompts"]) == {"segment crack", "segment taping area"} and shadow["images"] == 3
+    assert "shadow: 'segment crack' agreement" in log[1]["reason"], "the audit line carries the shadow result"
     arts = _artifacts(state.state_details.flow_run_id)
     assert "retrain-gate" in arts and "REFUSE" in arts["retrain-gate"].data
     assert "candidate mIoU" in arts["retrain-gate"].data and "champion mIoU" in arts["retrain-gate"].data
+    assert "on 3 field images" in arts["retrain-gate"].data
     assert {"retrain-metrics", "retrain-training-curve", "retrain-best-worst"} <= set(arts)
     children = _subflow_runs(state.state_details.flow_run_id)
     assert any("training-progress" in _artifacts(c.id) for c in children), "this run's train subflow reports progress"

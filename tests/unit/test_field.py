@@ -121,3 +121,22 @@ def test_field_predictions_are_stored_merged_and_not_repeated(tiny_model_dir: Pa
     assert merged["sha256"].nunique() == 4 and len(merged) == 8 and set(merged["run"]) == {"r1", "r2"}
     top = field.most_uncertain(merged, 3, "segment crack")
     assert list(top["uncertain_share"]) == sorted(top["uncertain_share"], reverse=True)
+
+
+def test_shadow_compare_measures_mask_agreement(tiny_model_dir: Path, field_photos: Path, tmp_path: Path) -> None:
+    from drywall_core.model import init_tiny, load_model
+    from drywall_core.predict import for_inference
+    from drywall_core.shadow import shadow_compare
+
+    photos = field.field_images(field_photos, IMAGE_EXTENSIONS)
+    champion = for_inference(load_model(tiny_model_dir), "int8")
+    same = shadow_compare(champion, champion, photos, PROMPTS)
+    assert same["images"] == 4 and set(same["prompts"]) == set(PROMPTS)
+    assert all(r["agreement"] == 1.0 and r["strong_disagreement_share"] == 0.0 for r in same["prompts"].values())
+    other = for_inference(load_model(init_tiny(tmp_path / "other", seed=1)), "int8")
+    near = shadow_compare(other, champion, photos, PROMPTS)
+    assert all(0.5 < r["agreement"] < 1.0 for r in near["prompts"].values())  # other weights, nearly the same masks
+    # each model's masks are cut at its own threshold: a candidate that answers "nothing" disagrees strongly
+    other.manifest = {"metrics": {"thresholds": dict.fromkeys(PROMPTS, 0.999)}}
+    far = shadow_compare(other, champion, photos, PROMPTS)
+    assert all(r["agreement"] < 0.5 and r["strong_disagreement_share"] == 1.0 for r in far["prompts"].values())

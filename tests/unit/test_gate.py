@@ -42,3 +42,23 @@ def test_improvement_margin() -> None:
     d = decide(metrics(segment_crack=(0.42, 0.5)), champ, CFG)
     assert d.promote and d.champion_miou == 0.40
     assert d.rows[0]["champion_miou"] == 0.40 and d.rows[0]["candidate_miou"] == 0.42
+
+
+def _shadow(agreement: float) -> dict:
+    row = {"images": 20, "agreement": agreement, "strong_disagreement_share": 0.1}
+    return {"images": 20, "prompts": {"segment crack": row}}
+
+
+def test_shadow_agreement_is_reported_and_only_refuses_below_an_explicit_floor() -> None:
+    champ = metrics(segment_crack=(0.40, 0.5))
+    better = metrics(segment_crack=(0.45, 0.55))
+    d = decide(better, champ, CFG, _shadow(0.30))  # the floor is off by default: reported, not judged
+    assert d.promote and any("shadow: 'segment crack' agreement 0.300 with the champion on 20" in r for r in d.reasons)
+    strict = CFG.model_copy(update={"min_shadow_agreement": 0.8})
+    refused = decide(better, champ, strict, _shadow(0.30))
+    assert not refused.promote and any(
+        "shadow agreement 0.300" in r and "below the floor 0.800" in r for r in refused.reasons
+    )
+    assert decide(better, champ, strict, _shadow(0.85)).promote
+    quiet = decide(better, champ, strict, {"note": "no field images under /x: skipped"})
+    assert quiet.promote and "shadow: no field images under /x: skipped" in quiet.reasons

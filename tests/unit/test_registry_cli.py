@@ -104,3 +104,15 @@ def test_reading_an_absent_registry_says_where_and_creates_nothing(cli, tmp_path
     assert f"registry: {(tmp_path / 'elsewhere' / '.drywall' / 'registry').as_uri()}" in r.err
     assert "no such folder" in r.err
     assert not (tmp_path / "elsewhere").exists(), "a read does not create an empty registry"
+
+
+def test_every_version_carries_a_model_card(cli, registry) -> None:
+    reg, versions = registry
+    assert all("MODEL_CARD.md" in reg.show(v)["files"] for v in versions)
+    assert cli("registry", "promote", "v2").code == 0
+    r = cli("registry", "show", "champion", "--card")
+    assert r.code == 0 and r.out.startswith("# Model card: clipseg-drywall v2")
+    assert "## Intended use" in r.out and "## Known limits" in r.out and "352" in r.out
+    assert "Not recorded (published from a local run folder)" in r.out, "says what it does not know"
+    (reg.store.root / reg.version_key("v3", "MODEL_CARD.md")).write_text("# forged")
+    assert "checksum" in cli("registry", "promote", "v3").err, "the card is verified like every other file"
