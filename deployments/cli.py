@@ -66,7 +66,7 @@ app.add_typer(stack_app, name="stack")
 
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start Prefect server + UI, S3 (SeaweedFS), cpu/gpu workers and the webhook receiver; deploy."""
+    """Start Prefect server + UI, S3 (SeaweedFS), Evidently UI, cpu/gpu workers and the webhook receiver; deploy."""
     from deployments.stack import Stack
 
     stack = Stack(get_settings())
@@ -75,7 +75,7 @@ def stack_up() -> None:
     verb = "already running" if state.get("already_running") else "up"
     typer.echo(
         f"stack {verb}: Prefect UI http://127.0.0.1:{state['prefect_port']}  S3 {env['DRYWALL_S3_ENDPOINT_URL']}"
-        f"  webhook {env['DRYWALL_WEBHOOK_URL']}"
+        f"  webhook {env['DRYWALL_WEBHOOK_URL']}  Evidently UI {env['DRYWALL_EVIDENTLY_URL']}"
     )
     typer.echo(f"environment: source {stack.env_file}")
 

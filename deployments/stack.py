@@ -1,11 +1,13 @@
 """`drywall stack up|down|status`: a production-like stack on one machine, on loopback.
 
 A Prefect server (UI included; SQLite, or PostgreSQL via ``DRYWALL_STACK_DATABASE_URL``), a
-SeaweedFS S3 server with a bucket, one process worker per pool (``cpu``, ``gpu``), and the webhook
-receiver; the pools are created and ``deployments/prefect.yaml`` deployed. Every process runs in
-its own session with a pid file under ``$DRYWALL_HOME/stack``, so ``down`` stops exactly what
-``up`` started; ``stack.env`` there is shell-sourceable. Everything goes through the command line
-(``prefect``, ``weed``, ``drywall``), so this module imports no Prefect.
+SeaweedFS S3 server with a bucket, the Evidently UI on the monitoring workspace (every drift,
+field-prediction and evaluation run lands there through its API), one process worker per pool
+(``cpu``, ``gpu``), and the webhook receiver; the pools are created and ``deployments/prefect.yaml``
+deployed. Every process runs in its own session with a pid file under ``$DRYWALL_HOME/stack``, so
+``down`` stops exactly what ``up`` started; ``stack.env`` there is shell-sourceable. Everything goes
+through the command line (``prefect``, ``weed``, ``evidently``, ``drywall``), so this module imports
+no Prefect.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from drywall_core.errors import DrywallError
 from drywall_core.procs import pid_alive
 
 BUCKET = "drywall"
-COMPONENTS = ("prefect-server", "s3", "worker-cpu", "worker-gpu", "webhook")
+COMPONENTS = ("prefect-server", "s3", "evidently", "worker-cpu", "worker-gpu", "webhook")
 
 
 class StackError(DrywallError):
@@ -102,7 +104,13 @@ class Stack:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
         s = self.settings
-        for port in (s.stack_prefect_port, s.stack_s3_port, s.stack_s3_port + 10000, s.webhook_port):
+        for port in (
+            s.stack_prefect_port,
+            s.stack_s3_port,
+            s.stack_s3_port + 10000,
+            s.webhook_port,
+            s.stack_evidently_port,
+        ):
             if port_open(port):
                 raise StackError(f"port {port} is already in use on 127.0.0.1 (set DRYWALL_STACK_*_PORT)")
         old = self.state() or {}
@@ -110,6 +118,7 @@ class Stack:
             "prefect_port": s.stack_prefect_port,
             "s3_port": s.stack_s3_port,
             "webhook_port": s.webhook_port,
+            "evidently_port": s.stack_evidently_port,
             "access_key": old.get("access_key", "drywall"),
             "secret_key": old.get("secret_key", secrets.token_hex(16)),
             "webhook_secret": (
@@ -123,6 +132,7 @@ class Stack:
         try:
             self._start_prefect(state, env, timeout)
             self._start_s3(state, timeout)
+            self._start_evidently(state, env, timeout)
             self._deploy(env)
             for pool in ("cpu", "gpu"):
                 self._spawn(f"worker-{pool}", [self._bin("prefect"), "worker", "start", "--pool", pool], env)
@@ -149,6 +159,7 @@ class Stack:
             "AWS_SECRET_ACCESS_KEY": state["secret_key"],
             "AWS_DEFAULT_REGION": "us-east-1",
             "DRYWALL_WEBHOOK_URL": f"http://127.0.0.1:{state['webhook_port']}",
+            "DRYWALL_EVIDENTLY_URL": f"http://127.0.0.1:{state['evidently_port']}",
             "DRYWALL_WEBHOOK_SECRET": state["webhook_secret"],
         }
 
@@ -212,6 +223,15 @@ class Stack:
         assert server.proc is not None
         (self.dir / "s3.pid").write_text(str(server.proc.pid))
 
+    def _start_evidently(self, state: dict, env: dict, timeout: float) -> None:
+        """``evidently ui`` on the monitoring workspace folder (created on first use)."""
+        workspace = self.settings.evidently_root
+        workspace.mkdir(parents=True, exist_ok=True)
+        port = state["evidently_port"]
+        cmd = [self._bin("evidently"), "ui", "--workspace", str(workspace), "--host", "127.0.0.1", "--port", str(port)]
+        self._spawn("evidently", cmd, env)
+        self._wait(lambda: _http_ok(f"http://127.0.0.1:{port}/api/version"), "evidently ui", timeout)
+
     def _deploy(self, env: dict[str, str]) -> None:
         repo = env["DRYWALL_REPO"]
         for cmd in (
@@ -271,7 +291,8 @@ class Stack:
             (self.dir / f"{name}.pid").unlink(missing_ok=True)
         state = self.state()
         if state:
-            ports = [state["prefect_port"], state["s3_port"], state["webhook_port"]]
+            ports = [state["prefect_port"], state["s3_port"], state["webhook_port"], state.get("evidently_port")]
+            ports = [p for p in ports if p]
             while any(port_open(p) for p in ports) and time.monotonic() < deadline:
                 time.sleep(0.2)
         return stopped
@@ -282,6 +303,7 @@ class Stack:
             "prefect-server": (state.get("prefect_port"), lambda p: _http_ok(f"http://127.0.0.1:{p}/api/health")),
             "s3": (state.get("s3_port"), lambda p: port_open(p)),
             "webhook": (state.get("webhook_port"), lambda p: _http_ok(f"http://127.0.0.1:{p}/healthz")),
+            "evidently": (state.get("evidently_port"), lambda p: _http_ok(f"http://127.0.0.1:{p}/api/version")),
         }
         rows = []
         for name in COMPONENTS:

@@ -474,6 +474,10 @@ def drift(
         list[str] | None,
         typer.Option(help="Prompts for the model signals (repeatable; default: segment crack, segment taping area)."),
     ] = None,
+    workspace: Annotated[
+        str | None,
+        typer.Option(help="Also add the run to this Evidently workspace: a folder, or an `evidently ui` URL."),
+    ] = None,
 ) -> None:
     """Evidently data-drift report of field images against a reference; exit 1 when drift is detected."""
     from drywall_core import drift as d
@@ -501,6 +505,18 @@ def drift(
         _err(f"{item['path']}: skipped ({item['reason']})")
     result = d.run_drift(ref_frame, cur, out, share, reference_skipped=ref_skipped)
     sm = result.summary
+    if workspace:
+        from drywall_core.datasets import load_registry
+        from drywall_core.monitoring import record_drift
+
+        prompts = [spec.prompt for spec in load_registry(s.datasets_file).datasets.values()]
+        try:
+            run_id = record_drift(workspace, s.model_name, prompts, result.snapshot)
+        except Exception as exc:  # noqa: BLE001 - named with its cause: a path or a service that is not there
+            raise InputError(
+                f"{workspace}: cannot add the run to the Evidently workspace ({type(exc).__name__}: {exc})"
+            ) from None
+        _err(f"added to Evidently workspace {workspace}, project '{s.model_name}' (run {run_id})")
     typer.echo(
         f"drift {'DETECTED' if sm['drift_detected'] else 'not detected'}: {sm['drifted_share']:.0%} of features "
         f"drifted ({', '.join(sm['drifted_columns']) or 'none'}); {sm['n_reference']} reference vs "

@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     evidently_workspace: Path | None = Field(
         default=None, description="Evidently workspace of drift and quality over time; $DRYWALL_HOME/evidently."
     )
+    evidently_url: str | None = Field(
+        default=None, description="An `evidently ui` service to add runs to (the stack's); else the workspace folder."
+    )
     stack_evidently_port: int = 8085
     alert_webhook_url: SecretStr | None = Field(
         default=None, description="Slack-compatible incoming webhook the alert automations post to."
@@ -184,6 +187,11 @@ class Settings(BaseSettings):
     @property
     def evidently_root(self) -> Path:
         return Path(self.evidently_workspace or self.home / "evidently").expanduser().resolve()
+
+    @property
+    def monitoring_target(self) -> str:
+        """Where drift, field-prediction and evaluation runs go: the Evidently service, else the folder."""
+        return self.evidently_url or str(self.evidently_root)
 
     @property
     def field_images_dir(self) -> Path:

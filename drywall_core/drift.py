@@ -194,9 +194,16 @@ def load_profile(path: Path) -> pd.DataFrame:
     return frame
 
 
+# features an inspector reads at a glance (exposure, contrast, colour, focus, texture): their mean
+# per run is in every drift snapshot, so the monitoring dashboard plots them over time
+MAIN_FEATURES = ("brightness_mean", "contrast_rms", "saturation_mean", "sharpness_laplacian_var", "edge_density")
+
+
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: float = 0.5) -> tuple[Any, dict]:
-    """Evidently ``DataDriftPreset`` over the shared feature columns; returns (snapshot, summary)."""
+    """Evidently ``DataDriftPreset`` over the shared feature columns, and the mean of the main
+    features of the current images; returns (snapshot, summary)."""
     from evidently import Report
+    from evidently.metrics import MeanValue
     from evidently.presets import DataDriftPreset
 
     cols = [c for c in feature_columns(reference) if c in current.columns]
@@ -206,7 +213,8 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: fl
         )
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # constant columns (fixed image size) in correlations
-        snapshot = Report([DataDriftPreset(drift_share=drift_share)], include_tests=True).run(
+        means = [MeanValue(column=c) for c in MAIN_FEATURES if c in cols]
+        snapshot = Report([DataDriftPreset(drift_share=drift_share), *means], include_tests=True, tags=["drift"]).run(
             current_data=current[cols].reset_index(drop=True), reference_data=reference[cols].reset_index(drop=True)
         )
     body = snapshot.dict()
@@ -234,6 +242,7 @@ class DriftResult:
     summary: dict[str, Any]
     json_path: Path
     html_path: Path
+    snapshot: Any = None  # the Evidently snapshot, for the monitoring workspace
 
 
 def run_drift(
@@ -260,4 +269,4 @@ def run_drift(
     snapshot.save_html(str(tmp))
     os.replace(tmp, html)
     atomic_write_text(out / "drift.json", json.dumps(summary, indent=2))
-    return DriftResult(summary, out / "drift.json", html)
+    return DriftResult(summary, out / "drift.json", html, snapshot)

@@ -16,11 +16,13 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from drywall_core.config import get_settings
+from drywall_core.monitoring import record_evaluation
 from drywall_core.registry import now
 from flows.common import Source, run_dir
 from flows.ingest import ingest
 from tasks.artifacts import link, markdown
 from tasks.model import evaluate_task, read_metrics
+from tasks.monitoring import record
 from tasks.registry import fetch_champion_task, registry
 
 
@@ -57,6 +59,8 @@ def evaluate_champion(sources: list[Source] | None = None) -> dict[str, Any]:
         ).encode(),
     )
     link(reg.store.link(key), "champion evaluation", "champion-evaluation")
+    meta = {"model_version": champion["version"], "run": str(flow_run.get_id())}
+    record("champion evaluation", lambda where, model, ps: record_evaluation(where, model, ps, metrics, meta))
     rows = "\n".join(
         f"| {d['prompt']} | {d['miou']:.3f} | "
         f"{recorded.get('per_prompt', {}).get(d['prompt'], {}).get('miou', float('nan')):.3f} |"

@@ -13,8 +13,10 @@ from prefect.tasks import exponential_backoff
 from drywall_core import drift as d
 from drywall_core.config import get_settings
 from drywall_core.errors import CheckFailed
+from drywall_core.monitoring import record_drift
 from drywall_core.storage import S3Store, s3_client
 from tasks.artifacts import link, markdown, upload_report
+from tasks.monitoring import record
 
 
 @task(retries=3, retry_delay_seconds=exponential_backoff(2))
@@ -50,6 +52,7 @@ def drift_report_task(
     else:
         current = d.extract_features(d.find_images(Path(current_dir)), max_pixels=s.max_image_pixels, progress=False)
     result = d.run_drift(d.load_profile(Path(reference_profile)), current, Path(out), s.drift_share)
+    record("drift run", lambda where, model, prompts: record_drift(where, model, prompts, result.snapshot))
     sm = result.summary
     link(upload_report(result.html_path, run_id), "Evidently drift report (HTML)", "drift-report")
     link(upload_report(result.json_path, run_id), "drift.json", "drift-json")

@@ -14,9 +14,11 @@ from drywall_core.config import get_settings
 from drywall_core.datasets import load_registry
 from drywall_core.drift import IMAGE_EXTENSIONS
 from drywall_core.model import load_model
+from drywall_core.monitoring import record_field
 from drywall_core.predict import for_inference
 from drywall_core.storage import store_from_settings
 from tasks.artifacts import artifact_key, markdown
+from tasks.monitoring import record
 
 
 def prompts_of_registry() -> list[str]:
@@ -44,6 +46,9 @@ def predict_field_task(champion: dict[str, Any], images_dir: str, out: str, run:
     )
     update_progress_artifact(progress, 100.0, description=f"{len(result.frame) // max(len(prompts), 1)} images")
     published = field.publish_predictions(store, version, result) if len(result.frame) else {"new_rows": 0}
+    if len(result.frame):
+        meta = {"model_version": version, "run": run, "images": result.frame["sha256"].nunique()}
+        record("field predictions", lambda where, model, ps: record_field(where, model, ps, result.frame, meta))
     for item in result.skipped:
         get_run_logger().warning("%s: skipped (%s)", item["image"], item["reason"])
     _uncertain_table(store, version, result)

@@ -157,6 +157,11 @@ def test_retrain_promotes_then_refuses_a_worse_candidate(
     evals = [k for k in reg.store.list(f"{reg.root}/evaluations/")]
     assert len(evals) == 1
     assert json.loads(reg.store.get_bytes(evals[0]))["version"] == first["version"]
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace(str(get_settings().evidently_root))
+    (project,) = ws.search_project("clipseg-drywall")
+    assert len(ws.list_runs(project.id)) == 1, "the nightly evaluation is recorded over time"
 
 
 def test_drift_flow_reports_and_emits_on_drift(
@@ -189,6 +194,13 @@ def test_drift_flow_reports_and_emits_on_drift(
     arts = _artifacts(state.state_details.flow_run_id)
     assert {"drift-report", "drift-json", "drift-summary"} <= set(arts)
     assert "DRIFT DETECTED" in arts["drift-summary"].data
+    from evidently.ui.workspace import Workspace
+
+    from drywall_core.config import get_settings
+
+    ws = Workspace(str(get_settings().evidently_root))  # no Evidently service configured: the home's workspace
+    (project,) = ws.search_project("clipseg-drywall")
+    assert len(ws.list_runs(project.id)) == 2, "every drift run is a point in the project's history"
 
     api = PREFECT_API_URL.value()
     for _ in range(40):

@@ -35,6 +35,7 @@ def test_stack_up_run_down(tmp_path: Path) -> None:
         "DRYWALL_STACK_PREFECT_PORT": free_port(),
         "DRYWALL_STACK_S3_PORT": free_port_pair(),
         "DRYWALL_WEBHOOK_PORT": free_port(),
+        "DRYWALL_STACK_EVIDENTLY_PORT": free_port(),
     }
     env = {**os.environ, "DRYWALL_HOME": str(home), **{k: str(v) for k, v in ports.items()}}
     env.pop("PREFECT_API_URL", None)
@@ -56,6 +57,7 @@ def test_stack_up_run_down(tmp_path: Path) -> None:
             "AWS_SECRET_ACCESS_KEY",
             "DRYWALL_WEBHOOK_URL",
             "DRYWALL_WEBHOOK_SECRET",
+            "DRYWALL_EVIDENTLY_URL",
         }
         pids = {c: int((home / "stack" / f"{c}.pid").read_text()) for c in COMPONENTS}
 
@@ -66,6 +68,7 @@ def test_stack_up_run_down(tmp_path: Path) -> None:
         assert httpx.get(f"{api}/health", timeout=10).status_code == 200
         assert httpx.get(api.removesuffix("/api"), timeout=10).status_code == 200, "the UI is served"
         assert httpx.get(f"{stack_env['DRYWALL_WEBHOOK_URL']}/healthz", timeout=10).json()["status"] == "ok"
+        assert httpx.get(f"{stack_env['DRYWALL_EVIDENTLY_URL']}/api/projects", timeout=10).status_code == 200
         from drywall_core.storage import s3_client
 
         s3 = s3_client(
