@@ -385,6 +385,9 @@ def label_queue(
         Path | None, typer.Option(help="Write what would be queued here (images, COCO, queue.json); upload nothing.")
     ] = None,
     prompt: Annotated[str | None, typer.Option(help="Prompt, when the project is not in the dataset registry.")] = None,
+    challenger: Annotated[
+        str | None, typer.Option(help="A second model: equally uncertain images go by how much the two disagree.")
+    ] = None,
 ) -> None:
     """Send the K field images the model is least sure of to Roboflow, with its masks as pre-annotations."""
     import tempfile
@@ -423,8 +426,13 @@ def label_queue(
         run = field.predict_field(loaded, photos, [prompt], Path(tmp), str(version), done=None)
         for item in run.skipped:
             _err(f"{item['image']}: cannot read image ({item['reason']}); skipped")
-        picks = lq.pick(run.frame, prompt, top or s.label_queue.per_run, exclude=exclude)
-        items = lq.items_from(picks, {p.sha256: p.path for p in photos}, Path(tmp))
+        paths = {p.sha256: p.path for p in photos}
+        split = None
+        if challenger:
+            other = for_inference(load_model(challenger), s.inference_precision)
+            split = lq.disagreement(other, run.frame, paths, Path(tmp), prompt)
+        picks = lq.pick(run.frame, prompt, top or s.label_queue.per_run, exclude=exclude, disagreement=split)
+        items = lq.items_from(picks, paths, Path(tmp))
         if dry_run is not None:
             with staged_dir(dry_run, "label-queue") as staged:
                 report = lq.write_dry_run(items, label, batch, staged)

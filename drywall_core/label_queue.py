@@ -113,6 +113,27 @@ def pick(
     return ranked.drop(columns="_share").head(max(k, 0))
 
 
+def disagreement(
+    challenger: Any, summary: pd.DataFrame, images: dict[str, Path], masks_root: Path, prompt: str, batch_size: int = 8
+) -> dict[str, float]:
+    """1 - IoU between the champion's stored masks and a challenger's, per image (sha256), for ``prompt``:
+    where two good models disagree, a label teaches the most."""
+    from drywall_core.field import probs_per_prompt
+    from drywall_core.images import open_rgb
+    from drywall_core.metrics import iou
+
+    rows = summary[(summary["prompt"] == prompt) & summary["sha256"].isin(set(images))].drop_duplicates("sha256")
+    threshold = challenger.threshold_for(prompt)
+    out: dict[str, float] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows.iloc[start : start + batch_size]
+        pils = [open_rgb(images[sha]) for sha in chunk["sha256"]]
+        for row, prob in zip(chunk.itertuples(), probs_per_prompt(challenger, pils, [prompt])[prompt], strict=True):
+            champion_mask = np.asarray(Image.open(Path(masks_root) / row.mask)) > 0
+            out[row.sha256] = 1.0 - iou(prob >= threshold, champion_mask)
+    return out
+
+
 # -- the queue record ---------------------------------------------------------------------------
 class LabelQueueError(DrywallError):
     exit_code = 1

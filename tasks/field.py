@@ -91,6 +91,18 @@ def _uncertain_table(store: Any, version: str, result: field.FieldRun, k: int = 
     )
 
 
+def _challenger(champion: str, dest: Path) -> Any:
+    """The newest version published after the champion (a refused candidate), loaded; None without one."""
+    from tasks.registry import registry
+
+    reg = registry()
+    newer = [v for v in reg.versions() if v > champion]
+    if not newer:
+        return None
+    get_run_logger().info("label queue: ties broken by disagreement with challenger %s", newer[-1])
+    return for_inference(load_model(reg.download(newer[-1], dest)), get_settings().inference_precision)
+
+
 @task
 def label_queue_task(predicted: dict[str, Any], batch: str | None = None) -> dict[str, Any]:
     """Queue each dataset's most uncertain new photos in its Roboflow project (per-run, per-day limits)."""
@@ -116,11 +128,16 @@ def label_queue_task(predicted: dict[str, Any], batch: str | None = None) -> dic
     batch = batch or lq.default_batch()
     out: dict[str, Any] = {}
     lines = ["| project | prompt | queued | before | over limit | failed |", "|---|---|---|---|---|---|"]
+    challenger = _challenger(predicted["version"], Path(predicted["out"]).parent / "challenger")
     for spec in load_registry(s.datasets_file).datasets.values():
         if spec.roboflow is None or spec.prompt not in set(frame["prompt"]):
             continue
         ws, proj = spec.roboflow.workspace, spec.roboflow.project
-        picks = lq.pick(frame, spec.prompt, s.label_queue.per_run, exclude=lq.queued_shas(store, ws, proj))
+        split = None
+        if challenger is not None:
+            split = lq.disagreement(challenger, frame, images, Path(predicted["out"]), spec.prompt)
+        exclude = lq.queued_shas(store, ws, proj)
+        picks = lq.pick(frame, spec.prompt, s.label_queue.per_run, exclude=exclude, disagreement=split)
         items = lq.items_from(picks, images, Path(predicted["out"]))
         client = lq.RoboflowProjectClient(ws, proj, key, s.roboflow_api_url)
         report = lq.queue_for_labelling(

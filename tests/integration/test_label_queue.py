@@ -69,7 +69,18 @@ def test_label_queue_uploads_uncertain_images_with_prediction_polygons(
     masks, frame = _expected_masks(tiny_model_dir, photos, tmp_path / "expected")
     ranked = list(lq.pick(frame, "segment crack", 7)["image"])
     with FakeRoboflow(WS, PROJECT, 1, b"", API_KEY) as fake:
-        dry = _queue(fake, tiny_model_dir, photos, home, "--top", "3", "--dry-run", str(tmp_path / "dry"))
+        dry = _queue(
+            fake,
+            tiny_model_dir,
+            photos,
+            home,
+            "--top",
+            "3",
+            "--dry-run",
+            str(tmp_path / "dry"),
+            "--challenger",
+            str(tiny_model_dir),  # agrees fully with the model: the ranking stays
+        )
         assert dry.returncode == 0, dry.stderr
         planned = json.loads((tmp_path / "dry" / "queue.json").read_text())
         assert [e["image"] for e in planned["images"]] == ranked[:3] and not fake.uploads

@@ -59,6 +59,7 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
     broken = tmp / "broken-cracks"
     shutil.copytree(export, broken)
     edit_coco(broken, "train", lambda coco: coco["annotations"][0]["bbox"].__setitem__(2, -4))
+    queue = ["--workspace", "w", "--project", "cracks-3ii36-johwn"]
     return {
         "pull": [
             (["--workspace", "w", "--project", "p", "--version", "1", "--out", afile], 2, str(afile)),
@@ -97,6 +98,14 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
             (["--reference", photo.parent, "--current", photo.parent, "--out", afile], 2, str(afile)),
             (["--reference", missing, "--current", photo.parent, "--out", tmp / "d2"], 2, str(missing)),
         ],
+        "label-queue": [
+            (["--model", tiny, "--images", missing, *queue, "--dry-run", tmp / "q"], 2, str(missing)),
+            (["--model", tiny, "--images", photo.parent, *queue, "--dry-run", afile], 2, str(afile)),
+            (["--model", tiny, "--images", photo.parent, "--workspace", "w", "--project", "nowhere"], 2, "--prompt"),
+            (["--model", tiny, "--images", photo.parent, *queue], 2, "no Roboflow API key"),
+            (["--model", missing, "--images", photo.parent, *queue, "--dry-run", tmp / "q2"], 2, str(missing)),
+        ],
+        "alerts setup": [(["--url", "ftp://example.com/hook"], 2, "http(s)")],
         "webhook serve": [([], 2, "DRYWALL_WEBHOOK_SECRET")],
         "stack up": [],  # starts servers: covered by the stack integration test
         "stack down": [],
@@ -115,6 +124,8 @@ def test_every_fault_is_classified(
     cli, tmp_path: Path, afile: Path, photo: Path, tiny_model_dir: Path, synthetic_cracks: Path, monkeypatch
 ) -> None:
     monkeypatch.delenv("DRYWALL_WEBHOOK_SECRET", raising=False)
+    monkeypatch.delenv("DRYWALL_ROBOFLOW_API_KEY", raising=False)
+    monkeypatch.delenv("ROBOFLOW_API_KEY", raising=False)
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     cases = _cases(tmp_path, afile, photo, tiny_model_dir, synthetic_cracks)
     assert set(cases) == _commands(app), "every command has an entry here"

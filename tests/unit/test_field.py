@@ -140,3 +140,21 @@ def test_shadow_compare_measures_mask_agreement(tiny_model_dir: Path, field_phot
     other.manifest = {"metrics": {"thresholds": dict.fromkeys(PROMPTS, 0.999)}}
     far = shadow_compare(other, champion, photos, PROMPTS)
     assert all(r["agreement"] < 0.5 and r["strong_disagreement_share"] == 1.0 for r in far["prompts"].values())
+
+
+def test_disagreement_with_a_challenger_ranks_equally_uncertain_images(
+    tiny_model_dir: Path, field_photos: Path, tmp_path: Path
+) -> None:
+    from drywall_core.model import load_model
+    from drywall_core.predict import for_inference
+
+    champion = for_inference(load_model(tiny_model_dir), "int8")
+    photos = field.field_images(field_photos, IMAGE_EXTENSIONS)
+    run = field.predict_field(champion, photos, ["segment crack"], tmp_path / "p", "v1", progress=False)
+    paths = {p.sha256: p.path for p in photos}
+    same = lq.disagreement(champion, run.frame, paths, tmp_path / "p", "segment crack")
+    assert set(same) == set(paths) and all(v == 0.0 for v in same.values())
+    challenger = for_inference(load_model(tiny_model_dir), "int8")
+    challenger.manifest = {"metrics": {"thresholds": {"segment crack": 0.999}}}  # answers "nothing"
+    apart = lq.disagreement(challenger, run.frame, paths, tmp_path / "p", "segment crack")
+    assert all(v > 0.5 for v in apart.values())
