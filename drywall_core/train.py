@@ -10,9 +10,11 @@ bf16 autocast on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import platform
 import random
 import time
@@ -38,6 +40,7 @@ from drywall_core.samples import Sample
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+TARGETS = ".targets.u8"  # the run's training targets while it trains (TargetFile); removed after
 
 
 @dataclass
@@ -45,9 +48,49 @@ class View:
     """One trainable view: an image (or its mirror) with its target at model resolution."""
 
     key: str
-    target: np.ndarray  # uint8 (S, S) in {0..255}
+    target: int  # row of the run's TargetFile: uint8 (S, S) in {0..255}
     dataset: str
     strong: bool
+
+
+class TargetFile:
+    """Training targets at model resolution in one file of the run, read back per batch.
+
+    Held in RAM they grow with the dataset (124 KB a view at 352 px: 2 GB at 16,000 images with
+    flips); read with ``pread`` per batch they cost a batch's worth, and the OS page cache keeps
+    the file warm when memory allows. Not a memory map: mapped pages count toward the process's
+    resident memory as soon as an epoch has touched them.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.size, self.count = Path(path), size, 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    @property
+    def row_bytes(self) -> int:
+        return self.size * self.size
+
+    def append(self, target: np.ndarray) -> int:
+        data = np.ascontiguousarray(target, dtype=np.uint8).tobytes()
+        if len(data) != self.row_bytes:
+            raise ValueError(f"target of {len(data)} bytes, expected {self.row_bytes}")
+        os.pwrite(self._fd, data, self.count * self.row_bytes)
+        self.count += 1
+        return self.count - 1
+
+    def read(self, rows: Sequence[int]) -> np.ndarray:
+        out = np.empty((len(rows), self.size, self.size), dtype=np.uint8)
+        for i, r in enumerate(rows):
+            out[i] = np.frombuffer(os.pread(self._fd, self.row_bytes, r * self.row_bytes), dtype=np.uint8).reshape(
+                self.size, self.size
+            )
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -69,9 +112,9 @@ def _target(mask_path: Path, size: int, flip: bool) -> np.ndarray:
 
 
 def _prepare_views(
-    samples: Sequence[Sample], specs: dict[str, DatasetSpec], size: int, flip: bool
+    samples: Sequence[Sample], specs: dict[str, DatasetSpec], size: int, flip: bool, targets: TargetFile
 ) -> tuple[list[CacheItem], list[str], list[list[View]]]:
-    """Cache items plus, per sample, its views (original, and mirrored when ``flip``)."""
+    """Cache items plus, per sample, its views (original, and mirrored when ``flip``); targets go to ``targets``."""
     items, keys, views = [], [], []
     for s in samples:
         if not s.mask.is_file():
@@ -83,7 +126,7 @@ def _prepare_views(
             key = item.key
             items.append(item)
             keys.append(key)
-            per.append(View(key, _target(s.mask, size, f), s.dataset, strong))
+            per.append(View(key, targets.append(_target(s.mask, size, f)), s.dataset, strong))
         views.append(per)
     return items, keys, views
 
@@ -113,9 +156,10 @@ def _seed_all(seed: int) -> torch.Generator:
     return gen
 
 
-def _batch(cache: ActivationCache, views: Sequence[View], device: torch.device):
+def _batch(cache: ActivationCache, targets: TargetFile, views: Sequence[View], device: torch.device):
     acts = cache.get([v.key for v in views]).to(device)
-    target = torch.from_numpy(np.stack([v.target for v in views])).to(device=device, dtype=torch.float32) / 255.0
+    rows = targets.read([v.target for v in views])
+    target = torch.from_numpy(rows).to(device=device, dtype=torch.float32) / 255.0
     strong = torch.tensor([v.strong for v in views], device=device)
     return acts, target, strong
 
@@ -130,6 +174,7 @@ def _autocast(device: torch.device):
 def validate(
     model: Any,
     cache: ActivationCache,
+    targets: TargetFile,
     views: Sequence[View],
     text: torch.Tensor,
     prompt_index: dict[str, int],
@@ -142,7 +187,7 @@ def validate(
     losses = []
     for start in range(0, len(views), cfg.batch_size):
         chunk = views[start : start + cfg.batch_size]
-        acts, target, strong = _batch(cache, chunk, device)
+        acts, target, strong = _batch(cache, targets, chunk, device)
         cond = text[[prompt_index[v.dataset] for v in chunk]]
         with _autocast(device):
             logits = decode(model, acts, cond).float()
@@ -209,7 +254,26 @@ def train(
     val_s = [s for s in samples if s.side == "val"]
     if not train_s or not val_s:
         raise InputError(f"need training and validation images (got {len(train_s)} train, {len(val_s)} val)")
+    targets = TargetFile(out_dir / TARGETS, loaded.output_size)
+    try:
+        return _fit(loaded, train_s, val_s, specs, cfg, out_dir, cache_root, targets, resume, progress, on_epoch_end)
+    finally:
+        targets.close()
 
+
+def _fit(
+    loaded: LoadedModel,
+    train_s: list[Sample],
+    val_s: list[Sample],
+    specs: dict[str, DatasetSpec],
+    cfg: TrainConfig,
+    out_dir: Path,
+    cache_root: Path,
+    targets: TargetFile,
+    resume: bool,
+    progress: bool,
+    on_epoch_end: Callable[[dict], None] | None,
+) -> TrainResult:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -219,8 +283,8 @@ def train(
     size = loaded.output_size
 
     # 1. the cache: backbone once per image/view
-    train_items, train_keys, train_views = _prepare_views(train_s, specs, size, cfg.flip)
-    val_items, val_keys, val_views = _prepare_views(val_s, specs, size, False)
+    train_items, train_keys, train_views = _prepare_views(train_s, specs, size, cfg.flip, targets)
+    val_items, val_keys, val_views = _prepare_views(val_s, specs, size, False, targets)
     cache = ActivationCache(cache_root, loaded, cfg.cache_dtype)
     t0 = t_start = time.perf_counter()
     stats = cache.build(train_items + val_items, cfg.cache_batch_size, progress, keys=train_keys + val_keys)
@@ -276,7 +340,7 @@ def train(
         for start in bar:
             idx = order[start : start + cfg.batch_size]
             views = [train_views[i][view_pick[i]] for i in idx]
-            acts, target, strong = _batch(cache, views, device)
+            acts, target, strong = _batch(cache, targets, views, device)
             choice = [
                 synonyms[v.dataset][torch.randint(len(synonyms[v.dataset]), (1,), generator=gen)].item() for v in views
             ]
@@ -297,7 +361,7 @@ def train(
             "epoch": epoch,
             "train_loss": total / n,
             "lr": sched.get_last_lr()[0],
-            **validate(model, cache, val_flat, text, canonical, cfg, device),
+            **validate(model, cache, targets, val_flat, text, canonical, cfg, device),
             "seconds": round(time.perf_counter() - t_epoch, 3),
         }
         if row["val_miou"] > best + 1e-9:

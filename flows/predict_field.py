@@ -39,7 +39,7 @@ def predict_field(
     if champion is None:
         raise CheckFailed("no champion model: nothing to predict field images with")
     run = str(flow_run.get_id() or "local")
-    predicted = predict_field_task(champion, images, str(work / "predictions"), run)
+    predicted = predict_field_task(champion, images, str(work / "predictions"), run, None if folder else bucket)
     queued = label_queue_task(predicted, batch) if label_queue else {"skipped": "label_queue=false", "projects": {}}
     get_run_logger().info(
         "predict-field: %d new images under %s", predicted["predicted"], predicted.get("uri", "(nothing new)")

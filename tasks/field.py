@@ -27,7 +27,9 @@ def prompts_of_registry() -> list[str]:
 
 
 @task
-def predict_field_task(champion: dict[str, Any], images_dir: str, out: str, run: str) -> dict[str, Any]:
+def predict_field_task(
+    champion: dict[str, Any], images_dir: str, out: str, run: str, bucket: str | None = None
+) -> dict[str, Any]:
     """Predict every prompt on the photos this version has not seen; store masks and the merged summary."""
     s = get_settings()
     store = store_from_settings(s)
@@ -51,7 +53,7 @@ def predict_field_task(champion: dict[str, Any], images_dir: str, out: str, run:
         record("field predictions", lambda where, model, ps: record_field(where, model, ps, result.frame, meta))
     for item in result.skipped:
         get_run_logger().warning("%s: skipped (%s)", item["image"], item["reason"])
-    _uncertain_table(store, version, result)
+    _uncertain_table(store, version, result, _image_link(bucket, images_dir))
     get_run_logger().info(
         "field predictions: %d new images, %d predicted before, %d unreadable",
         result.frame["sha256"].nunique() if len(result.frame) else 0,
@@ -71,12 +73,23 @@ def predict_field_task(champion: dict[str, Any], images_dir: str, out: str, run:
     }
 
 
-def _uncertain_table(store: Any, version: str, result: field.FieldRun, k: int = 20) -> None:
-    """The most uncertain image-prompt pairs of this run, with links to their stored masks."""
+def _image_link(bucket: str | None, images_dir: str) -> Any:
+    """image name -> a link a browser opens: presigned from the field bucket, else the local path."""
+    if not bucket:
+        return lambda name: str(Path(images_dir) / name)
+    from drywall_core.storage import S3Store, s3_client
+
+    s = get_settings()
+    photos = S3Store(bucket, "", s3_client(s.s3_endpoint_url, s.s3_region, addressing_style=s.s3_addressing_style))
+    return photos.link
+
+
+def _uncertain_table(store: Any, version: str, result: field.FieldRun, image_link: Any, k: int = 20) -> None:
+    """The most uncertain image-prompt pairs of this run, with links to the photo and its stored mask."""
     top = field.most_uncertain(result.frame, k)
     rows = [
         {
-            "image": r.image,
+            "image": image_link(r.image),
             "prompt": r.prompt,
             "uncertain share": round(r.uncertain_share, 4),
             "mean entropy": round(r.mean_entropy, 4),

@@ -308,3 +308,42 @@ def test_promotion_race_is_lost_cleanly_and_audited(artifact_dir: Path) -> None:
     assert reg.champion_version() == b
     last = reg.audit_log()[-1]
     assert last["action"] == "refuse" and last["version"] == c and "concurrent run promoted rb" in last["reason"]
+
+
+def test_predict_field_flow_stores_predictions_once_and_reports_the_uncertain(
+    prefect_api, artifact_dir: Path, cracks_export: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import shutil
+
+    from evidently.ui.workspace import Workspace
+
+    from drywall_core.config import get_settings
+    from drywall_core.field import read_summary
+    from flows.predict_field import predict_field
+    from tasks.registry import registry
+
+    monkeypatch.delenv("ROBOFLOW_API_KEY", raising=False)
+    reg = registry()
+    version = reg.publish(artifact_dir)["version"]
+    reg.promote(version, None)
+    photos = tmp_path / "field"
+    photos.mkdir()
+    for p in sorted((cracks_export / "valid").glob("*.jpg"))[:3]:
+        shutil.copyfile(p, photos / p.name)
+
+    state = predict_field(folder=str(photos), return_state=True)
+    first = state.result()
+    assert first["version"] == version and first["predicted"] == 3 and first["already"] == 0
+    summary = read_summary(reg.store, version)
+    assert len(summary) == 3 * 2 and set(summary["prompt"]) == {"segment crack", "segment taping area"}
+    arts = _artifacts(state.state_details.flow_run_id)
+    table = json.loads(arts["field-most-uncertain"].data)
+    assert len(table) == 6 and table[0]["uncertain share"] >= table[-1]["uncertain share"]
+    assert all(row["mask"].startswith("file://") or "predictions" in row["mask"] for row in table)
+    assert "no Roboflow API key" in arts["label-queue"].data, "skipped, and says why"
+
+    again = predict_field(folder=str(photos))
+    assert again["predicted"] == 0 and again["already"] == 3, "a version predicts each photo once"
+    ws = Workspace(str(get_settings().evidently_root))
+    (project,) = ws.search_project("clipseg-drywall")
+    assert len(ws.list_runs(project.id)) == 1, "the field signals of the run with new photos are recorded"

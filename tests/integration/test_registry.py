@@ -27,14 +27,16 @@ def test_publish_promote_download(store, artifact_dir: Path, tmp_path: Path) -> 
     rec = reg.publish(artifact_dir, extra={"dataset_version": "cracks@1"})
     v = rec["version"]
     assert reg.versions() == [v]
-    assert set(rec["files"]) == {"decoder.safetensors", "config.json", "metrics.json"}
+    assert set(rec["files"]) == {"decoder.safetensors", "config.json", "metrics.json", "MODEL_CARD.md"}
     assert reg.champion() is None
     reg.promote(v, None, reason="first")
     assert reg.champion_version() == v
     got = reg.download(v, tmp_path / "dl")
     for name, digest in rec["files"].items():
-        assert (got / name).read_bytes() == (artifact_dir / name).read_bytes(), name
         assert len(digest) == 64
+        if name != "MODEL_CARD.md":  # written by the registry at publication
+            assert (got / name).read_bytes() == (artifact_dir / name).read_bytes(), name
+    assert (got / "MODEL_CARD.md").read_text().startswith(f"# Model card: m {v}")
     from drywall_core.model import load_model
 
     assert load_model(got).manifest["version"] == v

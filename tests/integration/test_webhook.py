@@ -178,7 +178,7 @@ def test_signed_delivery_becomes_one_event_and_a_triggered_run(stack) -> None:
     )
 
 
-def test_s3_notification_triggers_the_drift_deployment(stack) -> None:
+def test_s3_notification_triggers_drift_and_field_predictions(stack) -> None:
     note = {
         "Records": [
             {
@@ -189,9 +189,10 @@ def test_s3_notification_triggers_the_drift_deployment(stack) -> None:
     }
     r = post(stack["url"], "/hooks/field-images", json.dumps(note).encode())
     assert r.status_code == 202, r.text
-    runs = wait_for(lambda: flow_runs(stack["api"], "drift/drift-daily"), timeout=60)
-    assert runs and runs[0]["parameters"]["bucket"] == "field"
-    assert json.loads(runs[0]["parameters"]["keys"]) == ["site 7/img#1.jpg"]
+    for deployment in ("drift/drift-daily", "predict-field/predict-field"):
+        runs = wait_for(lambda d=deployment: flow_runs(stack["api"], d), timeout=60)
+        assert runs and runs[0]["parameters"]["bucket"] == "field", deployment
+        assert json.loads(runs[0]["parameters"]["keys"]) == ["site 7/img#1.jpg"]
 
 
 @pytest.mark.parametrize("case", ["no-signature", "wrong-signature", "wrong-secret", "stale", "future"])
