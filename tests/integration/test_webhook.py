@@ -304,15 +304,6 @@ def test_alerts_one_notification_per_failed_run_and_per_drift(stack) -> None:
     (run,) = runs
     assert run["state_type"] == "FAILED"
 
-    def about_run() -> list[dict]:
-        return [m for m in sink.messages if run["name"] in m.get("text", "")]
-
-    assert _wait_for(lambda: about_run()), f"no notification for {run['name']}: {sink.messages}"
-    time.sleep(5)  # a duplicate would arrive within this window
-    (message,) = about_run()
-    assert "Failed" in message["text"] and "drywall-alert-probe" in message["text"]
-    assert "probe failure for the alert test" in message["text"]
-
     event = {
         "event": "drywall.drift.detected",
         "resource": {"prefect.resource.id": "drywall.field-images"},
@@ -321,6 +312,17 @@ def test_alerts_one_notification_per_failed_run_and_per_drift(stack) -> None:
         "occurred": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     assert httpx.post(f"{api}/events", json=[event], timeout=30).status_code == 204
-    assert _wait_for(lambda: any("drifted" in m.get("text", "") for m in sink.messages))
-    (drift,) = [m for m in sink.messages if "drifted" in m.get("text", "")]
+
+    def about_run() -> list[dict]:
+        return [m for m in sink.messages if run["name"] in m.get("text", "")]
+
+    def about_drift() -> list[dict]:
+        return [m for m in sink.messages if "drifted" in m.get("text", "")]
+
+    assert _wait_for(lambda: about_run() and about_drift()), f"missing notifications: {sink.messages}"
+    time.sleep(5)  # a duplicate would arrive within this window
+    (message,) = about_run()
+    assert "Failed" in message["text"] and "drywall-alert-probe" in message["text"]
+    assert "probe failure for the alert test" in message["text"]
+    (drift,) = about_drift()
     assert "champion v9" in drift["text"] and "75% of features" in drift["text"] and "brightness_mean" in drift["text"]
