@@ -15,9 +15,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from scipy import ndimage
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line (stdlib only: `--help` answers before the heavy imports)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=1000)
+    return ap
+
+
+if __name__ == "__main__":
+    _parser().parse_args()  # --help and bad options answer in a fraction of a second
+
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,9 +54,7 @@ def naive_features(path: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=1000)
-    args = ap.parse_args()
+    args = _parser().parse_args()
     pool = find_images(data_root())
     if not pool:
         raise SystemExit(f"no images under {data_root()}")

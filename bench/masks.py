@@ -19,13 +19,27 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from rich.console import Console
-from rich.table import Table
 
-from drywall_core.exports import open_export
-from drywall_core.masks import render_masks
+def _parser() -> argparse.ArgumentParser:
+    """The command line (stdlib only: `--help` answers before the heavy imports)."""
+    default = Path(os.environ.get("DRYWALL_SAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=default)
+    ap.add_argument("--repeat", type=int, default=3)
+    return ap
+
+
+if __name__ == "__main__":
+    _parser().parse_args()  # --help and bad options answer in a fraction of a second
+
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from drywall_core.exports import open_export  # noqa: E402
+from drywall_core.masks import render_masks  # noqa: E402
 
 
 def naive(export_root: Path, out: Path) -> int:
@@ -57,11 +71,7 @@ def ours(export_root: Path, out: Path) -> int:
 
 
 def main() -> None:
-    default = Path(os.environ.get("DRYWALL_SAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default)
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
+    args = _parser().parse_args()
     exports = sorted(p for p in args.data.glob("*.coco") if p.is_dir())
     if not exports:
         raise SystemExit(f"no *.coco exports under {args.data}")

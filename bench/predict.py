@@ -19,10 +19,24 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line (stdlib only: `--help` answers before the heavy imports)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=24, help="Real crack images to predict.")
+    ap.add_argument("--batch-size", type=int, default=8, help="Images per batch in the batched modes.")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores).")
+    return ap
+
+
+if __name__ == "__main__":
+    _parser().parse_args()  # --help and bad options answer in a fraction of a second
+
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
 
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,11 +78,7 @@ def mean_iou(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=24, help="Real crack images to predict.")
-    ap.add_argument("--batch-size", type=int, default=8, help="Images per batch in the batched modes.")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores).")
-    args = ap.parse_args()
+    args = _parser().parse_args()
     torch.set_num_threads(args.threads)
     samples, where = crack_samples(args.images)
     images = [Image.open(s.image).convert("RGB") for s in samples]

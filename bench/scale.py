@@ -26,7 +26,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line (stdlib only: `--help` answers before the heavy imports)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000], help="Export sizes N.")
+    ap.add_argument("--quick", action="store_true", help="N = 1,000 and 4,000 only.")
+    ap.add_argument("--workdir", type=Path, default=None, help="Where the exports go (default: a temp folder).")
+    ap.add_argument("--keep", action="store_true", help="Keep the work folder.")
+    ap.add_argument("--run-stage", nargs=3, metavar=("STAGE", "EXPORT", "WORK"), help=argparse.SUPPRESS)
+    return ap
+
+
+if __name__ == "__main__":
+    _parser().parse_args()  # --help and bad options answer in a fraction of a second
+
+
+import numpy as np  # noqa: E402
 
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -141,13 +157,7 @@ def run_stage(stage: str, export: Path, work: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000], help="Export sizes N.")
-    ap.add_argument("--quick", action="store_true", help="N = 1,000 and 4,000 only.")
-    ap.add_argument("--workdir", type=Path, default=None, help="Where the exports go (default: a temp folder).")
-    ap.add_argument("--keep", action="store_true", help="Keep the work folder.")
-    ap.add_argument("--run-stage", nargs=3, metavar=("STAGE", "EXPORT", "WORK"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = _parser().parse_args()
     if args.run_stage:  # the child: one stage, one JSON line
         stage, export, work = args.run_stage
         print(json.dumps(run_stage(stage, Path(export), Path(work))))

@@ -19,7 +19,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line (stdlib only: `--help` answers before the heavy imports)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=40, help="Images the previous run encoded.")
+    ap.add_argument("--new-share", type=float, default=0.1, help="Share of new images in tonight's dataset.")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores).")
+    return ap
+
+
+if __name__ == "__main__":
+    _parser().parse_args()  # --help and bad options answer in a fraction of a second
+
+
+import torch  # noqa: E402
 
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,11 +45,7 @@ from drywall_core.storage import LocalStore  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=40, help="Images the previous run encoded.")
-    ap.add_argument("--new-share", type=float, default=0.1, help="Share of new images in tonight's dataset.")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores).")
-    args = ap.parse_args()
+    args = _parser().parse_args()
     torch.set_num_threads(args.threads)
     new = max(1, round(args.images * args.new_share))
     samples, where = crack_samples(args.images + new)

@@ -24,9 +24,25 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line (stdlib only: `--help` answers before the heavy imports)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="timed epochs of each loop after a warm-up (median)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--check-steps", type=int, default=3)
+    return ap
+
+
+if __name__ == "__main__":
+    _parser().parse_args()  # --help and bad options answer in a fraction of a second
+
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -104,13 +120,7 @@ def heaviest_ops(fn, top: int = 4) -> list[tuple[str, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=48)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3, help="timed epochs of each loop after a warm-up (median)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    ap.add_argument("--check-steps", type=int, default=3)
-    args = ap.parse_args()
+    args = _parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     samples, where = crack_samples(args.images)
