@@ -16,6 +16,26 @@ GOOD = {"epochs": 20, "lr": 1e-2, "patience": 20}  # the demo recipe
 BAD = {"epochs": 1, "lr": 1e-7}
 
 
+def _events(name: str, match, tries: int = 40) -> list[dict]:
+    """Events of that name the Prefect API holds that ``match`` (events are written asynchronously)."""
+    import time
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    for _ in range(tries):
+        r = httpx.post(
+            f"{PREFECT_API_URL.value()}/events/filter",
+            json={"filter": {"event": {"name": [name]}}, "limit": 50},
+            timeout=30,
+        )
+        found = [e for e in r.json()["events"] if match(e)]
+        if found:
+            return found
+        time.sleep(0.5)
+    return []
+
+
 def _artifacts(flow_run_id) -> dict[str, object]:
     """Artifacts of one flow run (not of the whole session)."""
     import asyncio
@@ -148,6 +168,9 @@ def test_retrain_promotes_then_refuses_a_worse_candidate(
     assert "retrain-gate" in arts and "REFUSE" in arts["retrain-gate"].data
     assert "candidate mIoU" in arts["retrain-gate"].data and "champion mIoU" in arts["retrain-gate"].data
     assert "on 3 field images" in arts["retrain-gate"].data
+    refused = _events("drywall.gate.refused", lambda e: e["payload"]["version"] == second["version"])
+    regressed = any("regresses" in r for r in log[1]["decision"]["reasons"])
+    assert refused and refused[0]["resource"]["drywall.regression"] == str(regressed).lower(), "what alerts listen to"
     assert {"retrain-metrics", "retrain-training-curve", "retrain-best-worst"} <= set(arts)
     children = _subflow_runs(state.state_details.flow_run_id)
     assert any("training-progress" in _artifacts(c.id) for c in children), "this run's train subflow reports progress"

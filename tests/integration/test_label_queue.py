@@ -85,7 +85,12 @@ def test_label_queue_uploads_uncertain_images_with_prediction_polygons(
         planned = json.loads((tmp_path / "dry" / "queue.json").read_text())
         assert [e["image"] for e in planned["images"]] == ranked[:3] and not fake.uploads
 
-        fake.fail_uploads_next = 1  # a 503 on the first upload: retried with backoff
+        fake.fail_uploads_next = 100  # Roboflow down: every attempt fails, each image is reported
+        down = _queue(fake, tiny_model_dir, photos, home, "--top", "3")
+        assert down.returncode == 1 and down.stderr.count("not queued") == 3, down.stderr
+        assert "failed after 3 attempt(s)" in down.stderr and not fake.uploads
+
+        fake.fail_uploads_next, fake.upload_attempts = 1, 0  # back up; a 503 on the first upload is retried
         first = _queue(fake, tiny_model_dir, photos, home, "--top", "3")
         assert first.returncode == 0, first.stdout + first.stderr
         batch = f"drywall-qa-{datetime.now(UTC):%Y-%m-%d}"
@@ -108,19 +113,5 @@ def test_label_queue_uploads_uncertain_images_with_prediction_polygons(
         names = [u["name"] for u in fake.uploads]
         assert names == ranked[:5] and len({u["sha256"] for u in fake.uploads}) == 5
         assert "left for tomorrow" in second.stderr
-        for out in (dry, first, second):
+        for out in (dry, down, first, second):
             assert API_KEY not in out.stdout + out.stderr
-
-
-def test_label_queue_reports_failures_per_image_and_resumes(tiny_model_dir: Path, photos: Path, tmp_path: Path):
-    home = tmp_path / "home"
-    with FakeRoboflow(WS, PROJECT, 1, b"", API_KEY) as fake:
-        fake.fail_uploads_next = 100  # Roboflow down: every attempt fails
-        down = _queue(fake, tiny_model_dir, photos, home, "--top", "2")
-        assert down.returncode == 1 and down.stderr.count("not queued") == 2
-        assert "failed after 3 attempt(s)" in down.stderr and API_KEY not in down.stdout + down.stderr
-        fake.fail_uploads_next = 0
-        up = _queue(fake, tiny_model_dir, photos, home, "--top", "2")
-        assert up.returncode == 0 and len(fake.uploads) == 2 and len(fake.annotations) == 2
-        bad = _queue(fake, tiny_model_dir, photos, home, "--top", "2", "--project", "nowhere")
-        assert bad.returncode == 2 and "--prompt" in bad.stderr

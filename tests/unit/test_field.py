@@ -158,3 +158,47 @@ def test_disagreement_with_a_challenger_ranks_equally_uncertain_images(
     challenger.manifest = {"metrics": {"thresholds": {"segment crack": 0.999}}}  # answers "nothing"
     apart = lq.disagreement(challenger, run.frame, paths, tmp_path / "p", "segment crack")
     assert all(v > 0.5 for v in apart.values())
+
+
+class _FlakyRoboflow:
+    """Fault injection: the annotation call fails while ``down`` (a dropped connection)."""
+
+    api_key = "k-secret"
+
+    def __init__(self) -> None:
+        self.uploads: list[str] = []
+        self.annotated: list[str] = []
+        self.down = True
+
+    def upload(self, image: Path, batch: str, tags: list[str]) -> str:
+        self.uploads.append(image.name)
+        return f"id{len(self.uploads)}"
+
+    def annotate(self, image_id: str, name: str, coco: dict, batch: str) -> None:
+        if self.down:
+            raise ConnectionError("connection reset by peer")
+        self.annotated.append(image_id)
+
+
+def test_a_failed_annotation_is_finished_on_the_next_run_without_uploading_again(tmp_path: Path) -> None:
+    photo, mask = tmp_path / "wall.png", tmp_path / "wall-mask.png"
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(photo)
+    m = np.zeros((20, 30), np.uint8)
+    m[5:9, 3:25] = 255
+    Image.fromarray(m).save(mask)
+    item = lq.QueueItem(photo, "site/wall.png", "ab" * 32, mask, "segment crack", 0.4, 0.5, "v1")
+    store, client = LocalStore(tmp_path / "store"), _FlakyRoboflow()
+
+    def run() -> lq.QueueReport:
+        return lq.queue_for_labelling(store, client, [item], "ws", "proj", "crack", "b1", 10, retries=1, backoff_s=0)
+
+    failed = run()
+    assert [name for name, _ in failed.failed] == ["site/wall.png"] and "connection reset" in failed.failed[0][1]
+    assert client.uploads == ["wall.png"] and lq.queued_shas(store, "ws", "proj") == set()
+    client.down = False
+    done = run()
+    assert client.uploads == ["wall.png"], "the image is not uploaded twice"
+    assert client.annotated == ["id1"], "only the annotation is sent again"
+    assert [e["image"] for e in done.queued] == ["site/wall.png"] and done.queued[0]["regions"] == 1
+    assert run().already == ["site/wall.png"] and lq.queued_shas(store, "ws", "proj") == {"ab" * 32}
+    assert lq.queued_on(store, "ws", "proj", lq.today()) == 1
