@@ -412,9 +412,9 @@ def label_queue(
     key = s.roboflow_key()
     if dry_run is None and not key:
         raise InputError("no Roboflow API key: set DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY (or use --dry-run)")
-    photos = field.field_images(images, IMAGE_EXTENSIONS) if images.is_dir() else None
-    if photos is None:
+    if not images.is_dir():
         raise InputError(f"{images}: image folder not found")
+    photos = field.field_images(images, IMAGE_EXTENSIONS)
     if not photos:
         raise InputError(f"{images}: no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     store = store_from_settings(s)

@@ -77,16 +77,30 @@ def mask_stats(prob: np.ndarray, threshold: float) -> dict[str, float]:
 
 
 @torch.no_grad()
-def probs_per_prompt(loaded: LoadedModel, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict:
-    """{prompt: probability maps at each image's size}; the images are encoded once for all prompts."""
+def probs_per_prompt(
+    loaded: LoadedModel, images: Sequence[Image.Image], prompts: Sequence[str], conds: torch.Tensor | None = None
+) -> dict:
+    """{prompt: probability maps at each image's size}; the images are encoded once for all prompts
+    (``conds``: the prompts' text embeddings, when the caller computed them once for many batches)."""
     device = next(loaded.model.parameters()).device
     acts = encode_images(loaded.model, pixel_values(loaded, images).to(device))
-    conds = text_embeddings(loaded, list(prompts))
+    conds = text_embeddings(loaded, list(prompts)) if conds is None else conds
     sizes = [im.size for im in images]
     return {
         prompt: upsample_probs(decode(loaded.model, acts, conds[i : i + 1].expand(len(images), -1)), sizes)
         for i, prompt in enumerate(prompts)
     }
+
+
+def open_images(images: Sequence[FieldImage]) -> tuple[list[tuple[FieldImage, Image.Image]], list[dict[str, str]]]:
+    """The readable photos, decoded, and the unreadable ones with the reason (the rest go on)."""
+    ok, skipped = [], []
+    for im in images:
+        try:
+            ok.append((im, open_rgb(im.path)))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason to skip that photo
+            skipped.append({"image": im.name, "reason": f"{type(exc).__name__}: {exc}"})
+    return ok, skipped
 
 
 @dataclass
@@ -141,19 +155,15 @@ def predict_field(
             todo.append(im)
             seen.add(im.sha256)
     thresholds = {p: loaded.threshold_for(p) for p in prompts}
-    text_embeddings(loaded, list(prompts))  # a prompt the model cannot take fails before any work
+    conds = text_embeddings(loaded, list(prompts))  # once; a prompt the model cannot take fails before any work
     rows, skipped = [], []
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     bar = tqdm(total=len(todo), desc="field predictions", unit="img", disable=None if progress else True)
     for start in range(0, len(todo), batch_size):
-        batch: list[tuple[FieldImage, Image.Image]] = []
-        for im in todo[start : start + batch_size]:
-            try:
-                batch.append((im, open_rgb(im.path)))
-            except Exception as exc:  # noqa: BLE001 - an unreadable photo is reported, the rest go on
-                skipped.append({"image": im.name, "reason": f"{type(exc).__name__}: {exc}"})
+        batch, unreadable = open_images(todo[start : start + batch_size])
+        skipped += unreadable
         if batch:
-            probs = probs_per_prompt(loaded, [pil for _, pil in batch], prompts)
+            probs = probs_per_prompt(loaded, [pil for _, pil in batch], prompts, conds)
             for prompt in prompts:
                 for (im, pil), prob in zip(batch, probs[prompt], strict=True):
                     name = mask_name(im, prompt)

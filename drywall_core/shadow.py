@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from drywall_core.field import FieldImage, probs_per_prompt
-from drywall_core.images import open_rgb
+from drywall_core.field import FieldImage, open_images, probs_per_prompt
 from drywall_core.metrics import iou
 from drywall_core.model import LoadedModel
 
@@ -64,14 +63,11 @@ def shadow_compare(
     ious: dict[str, list[float]] = {p: [] for p in prompts}
     skipped = []
     for start in range(0, len(images), batch_size):
-        batch = []
-        for im in images[start : start + batch_size]:
-            try:
-                batch.append(open_rgb(im.path))
-            except Exception as exc:  # noqa: BLE001 - an unreadable photo is left out and named
-                skipped.append({"image": im.name, "reason": f"{type(exc).__name__}: {exc}"})
-        if not batch:
+        opened, unreadable = open_images(images[start : start + batch_size])
+        skipped += unreadable
+        if not opened:
             continue
+        batch = [pil for _, pil in opened]
         cand, champ = probs_per_prompt(candidate, batch, prompts), probs_per_prompt(champion, batch, prompts)
         for p in prompts:
             tc, th = candidate.threshold_for(p), champion.threshold_for(p)
