@@ -517,7 +517,7 @@ def drift(
         from drywall_core.datasets import load_registry
         from drywall_core.monitoring import record_drift
 
-        prompts = [spec.prompt for spec in load_registry(s.datasets_file).datasets.values()]
+        prompts = load_registry(s.datasets_file).canonical_prompts
         try:
             run_id = record_drift(workspace, s.model_name, prompts, result.snapshot)
         except Exception as exc:  # noqa: BLE001 - named with its cause: a path or a service that is not there

@@ -64,6 +64,11 @@ class DatasetSpec(BaseModel):
 class DatasetRegistry(BaseModel):
     datasets: dict[str, DatasetSpec]
 
+    @property
+    def canonical_prompts(self) -> list[str]:
+        """Every dataset's canonical prompt: what the model is asked about a field photo."""
+        return [spec.prompt for spec in self.datasets.values()]
+
     def get(self, name: str) -> DatasetSpec:
         try:
             return self.datasets[name]

@@ -21,11 +21,6 @@ from tasks.artifacts import artifact_key, markdown
 from tasks.monitoring import record
 
 
-def prompts_of_registry() -> list[str]:
-    """Every dataset's canonical prompt: what the model is asked about each field photo."""
-    return [spec.prompt for spec in load_registry(get_settings().datasets_file).datasets.values()]
-
-
 @task
 def predict_field_task(
     champion: dict[str, Any], images_dir: str, out: str, run: str, bucket: str | None = None
@@ -34,7 +29,7 @@ def predict_field_task(
     s = get_settings()
     store = store_from_settings(s)
     version = champion["version"]
-    prompts = prompts_of_registry()
+    prompts = load_registry(s.datasets_file).canonical_prompts
     photos = field.field_images(Path(images_dir), IMAGE_EXTENSIONS)
     done = field.predicted_shas(field.read_summary(store, version), prompts)
     loaded = for_inference(load_model(champion["path"]), s.inference_precision)

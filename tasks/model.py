@@ -83,9 +83,9 @@ def read_metrics(path: str) -> dict[str, Any]:
 @task
 def shadow_task(candidate: str, champion: dict[str, Any] | None, dest: str) -> dict[str, Any]:
     """Candidate and champion on the latest field photos (no labels): how much would field masks change?"""
+    from drywall_core.datasets import load_registry
     from drywall_core.predict import for_inference
     from drywall_core.shadow import latest_field_images, shadow_compare
-    from tasks.field import prompts_of_registry
 
     s = get_settings()
     if champion is None:
@@ -99,7 +99,8 @@ def shadow_task(candidate: str, champion: dict[str, Any] | None, dest: str) -> d
         return {"note": f"no field images under {where}: skipped"}
     cand = for_inference(load_model(candidate), s.inference_precision)
     champ = for_inference(load_model(champion["path"]), s.inference_precision)
-    result = shadow_compare(cand, champ, images, prompts_of_registry(), s.gate.strong_disagreement_iou)
+    prompts = load_registry(s.datasets_file).canonical_prompts
+    result = shadow_compare(cand, champ, images, prompts, s.gate.strong_disagreement_iou)
     for prompt, row in result["prompts"].items():
         get_run_logger().info("shadow '%s': agreement %.3f on %d field images", prompt, row["agreement"], row["images"])
     return result

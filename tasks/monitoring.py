@@ -14,7 +14,7 @@ def record(what: str, add: Callable[[str, str, list[str]], str]) -> str | None:
     """Call ``add(target, model name, prompts)``; an unreachable workspace is a warning, not a failure:
     the stage's own result (report, predictions, metrics) is already stored."""
     s = get_settings()
-    prompts = [d.prompt for d in load_registry(s.datasets_file).datasets.values()]
+    prompts = load_registry(s.datasets_file).canonical_prompts
     try:
         run_id = add(s.monitoring_target, s.model_name, prompts)
     except Exception as exc:  # noqa: BLE001 - monitoring must not undo a finished stage
