@@ -18,6 +18,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http_ok_within(url: str, timeout: float) -> bool:
+    """Poll ``url`` until it answers 200 (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.25)
+    return False
+
+
 class PrefectServer:
     def __init__(self, home: Path, port: int | None = None) -> None:
         self.home, self.port = Path(home), port or free_port()
@@ -45,14 +58,8 @@ class PrefectServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
+        if http_ok_within(f"{self.api_url}/health", timeout):
+            return self
         self.stop()
         raise RuntimeError(f"prefect server did not answer in {timeout}s; see {self.home / 'server.log'}")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 
 from drywall_core import field, monitoring
-from tests.integration.prefect_server import free_port
+from tests.integration.prefect_server import free_port, http_ok_within
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -32,13 +31,7 @@ def evidently_ui(tmp_path: Path):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            if httpx.get(f"{url}/api/version", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    else:
+    if not http_ok_within(f"{url}/api/version", 120):
         raise RuntimeError((tmp_path / "evidently.log").read_text())
     yield url
     proc.terminate()

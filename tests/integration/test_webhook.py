@@ -20,7 +20,7 @@ import pytest
 
 from drywall_core.webhooks import sign
 from tests.conftest import REPO
-from tests.integration.prefect_server import PrefectServer, free_port
+from tests.integration.prefect_server import PrefectServer, free_port, http_ok_within
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -83,13 +83,7 @@ def stack(tmp_path_factory):
         start_new_session=True,
     )  # noqa: SIM115
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
+    if not http_ok_within(f"{url}/healthz", 120):
         raise RuntimeError(log.read_text())
     yield {"url": url, "api": server.api_url, "log": log, "proc": proc, "sink": sink, "env": env}
     os.killpg(proc.pid, signal.SIGTERM)
