@@ -83,7 +83,7 @@ def probs_per_prompt(
     """{prompt: probability maps at each image's size}; the images are encoded once for all prompts
     (``conds``: the prompts' text embeddings, when the caller computed them once for many batches)."""
     device = next(loaded.model.parameters()).device
-    acts = encode_images(loaded.model, pixel_values(loaded, images).to(device))
+    acts = encode_images(loaded.model, pixel_values(loaded, images).to(device), loaded.cpu_parallel)
     conds = text_embeddings(loaded, list(prompts)) if conds is None else conds
     sizes = [im.size for im in images]
     return {

@@ -56,6 +56,7 @@ class LoadedModel:
     revision: str
     manifest: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # "int8": quantized for CPU inference (drywall_core.predict.for_inference)
+    cpu_parallel: bool = False  # encode a batch's images on parallel threads (for_inference, on a CPU)
 
     @property
     def image_size(self) -> int:

@@ -153,6 +153,42 @@ def test_batched_equals_single(trained: Path, synthetic_exports) -> None:
         assert np.abs(a - b).max() < 1e-4
 
 
+def test_parallel_images_encode_like_one_call(trained: Path, synthetic_exports, monkeypatch) -> None:
+    """On a CPU, for_inference encodes a batch's images on parallel threads with single-threaded
+    kernels: the same activations as one call, no autograd graph, torch's thread count restored."""
+    import threading
+
+    import torch
+
+    from drywall_core import features
+    from drywall_core.predict import for_inference
+
+    loaded = for_inference(load_model(trained / "model"), "fp32")
+    assert loaded.cpu_parallel
+    imgs = [Image.open(p).convert("RGB") for p in sorted((synthetic_exports[1] / "train").glob("*.jpg"))[:5]]
+    pv = features.pixel_values(loaded, imgs)
+    seen: list[tuple[int, int, int]] = []
+    encode = features._encode
+
+    def watched(model, chunk):
+        seen.append((threading.get_ident(), torch.get_num_threads(), len(chunk)))
+        return encode(model, chunk)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = features.encode_images(loaded.model, pv)
+        monkeypatch.setattr(features, "_encode", watched)
+        par = features.encode_images(loaded.model, pv, parallel=True)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(n for _, _, n in seen) == [2, 3] and {t for _, t, _ in seen} == {1}
+    assert len({ident for ident, _, _ in seen}) == 2 and threading.get_ident() not in {i for i, _, _ in seen}
+    assert par.shape == one.shape and not par.requires_grad
+    assert torch.allclose(par, one, atol=1e-5)
+
+
 def test_predict_on_real_photos(cli, trained: Path, cracks_export: Path, tmp_path: Path) -> None:
     photos = sorted((cracks_export / "valid").glob("*.jpg"))[:3]
     r = cli("predict", *photos, "--prompt", "segment crack", "--model", trained / "model", "--out", tmp_path)

@@ -1,0 +1,47 @@
+"""The CUDA path: bf16-autocast training and GPU inference. Runs where a GPU is present (a GPU
+worker, the `device` machines), skips with a reason on the CPU-only CI machines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drywall_core.config import TrainConfig
+from drywall_core.model import load_model
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here: the CUDA/bf16 path runs on a GPU host"
+)
+
+
+def test_training_on_cuda_learns_and_says_where(tiny_model_dir, synthetic_samples, tmp_path: Path) -> None:
+    from drywall_core.train import train
+
+    samples, specs = synthetic_samples
+    loaded = load_model(tiny_model_dir)
+    cfg = TrainConfig(batch_size=8, lr=3e-3, patience=50, cache_dtype="float32", epochs=4)
+    result = train(loaded, samples, specs, cfg, tmp_path / "run", tmp_path / "cache", progress=False)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["device"] == "cuda" and summary["device_name"] == torch.cuda.get_device_name(0)
+    losses = [h["train_loss"] for h in result.history]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0], losses
+    assert next(loaded.model.decoder.parameters()).dtype == torch.float32, "bf16 is autocast, weights stay fp32"
+
+
+def test_inference_on_cuda_matches_the_cpu(tiny_model_dir, synthetic_exports) -> None:
+    from drywall_core.predict import for_inference, predict_probs
+
+    cpu = for_inference(load_model(tiny_model_dir), "fp32")
+    gpu = load_model(tiny_model_dir)
+    gpu.model.to("cuda")
+    gpu = for_inference(gpu, "int8")
+    assert gpu.precision == "fp32" and not gpu.cpu_parallel, "int8 and parallel images are CPU-only"
+    imgs = [Image.open(p).convert("RGB") for p in sorted((synthetic_exports[0] / "train").glob("*.jpg"))[:6]]
+    for a, b in zip(predict_probs(cpu, imgs, "segment crack"), predict_probs(gpu, imgs, "segment crack"), strict=True):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-3
