@@ -74,7 +74,7 @@ def evaluate(
             chunk = group[start : start + batch_size]
             loaded_imgs = [_load(s) for s in chunk]
             imgs = [im for im, _ in loaded_imgs]
-            acts = encode_images(loaded.model, pixel_values(loaded, imgs).to(device))
+            acts = encode_images(loaded.model, pixel_values(loaded, imgs).to(device), parallel=True)  # CPU only
             sizes = [im.size for im in imgs]
             for pi, prompt in enumerate(prompts):
                 probs = upsample_probs(decode(loaded.model, acts, text[pi].expand(len(chunk), -1)), sizes)
