@@ -284,7 +284,17 @@ def _wait_for(pred, timeout: float = 90.0) -> bool:
     return False
 
 
-def test_alerts_one_notification_per_failed_run_and_per_drift(stack) -> None:
+def _event(name: str, resource: dict[str, str], payload: dict) -> dict:
+    return {
+        "event": name,
+        "resource": resource,
+        "payload": payload,
+        "id": str(uuid.uuid4()),
+        "occurred": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(stack) -> None:
     api, sink, env = stack["api"], stack["sink"], stack["env"]
     names = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
     alerts = [a["name"] for a in names if a["name"].startswith("drywall: ")]
@@ -298,14 +308,26 @@ def test_alerts_one_notification_per_failed_run_and_per_drift(stack) -> None:
     (run,) = runs
     assert run["state_type"] == "FAILED"
 
-    event = {
-        "event": "drywall.drift.detected",
-        "resource": {"prefect.resource.id": "drywall.field-images"},
-        "payload": {"drifted_share": 0.75, "drifted_columns": ["brightness_mean"], "n_current": 12, "champion": "v9"},
-        "id": str(uuid.uuid4()),
-        "occurred": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    assert httpx.post(f"{api}/events", json=[event], timeout=30).status_code == 204
+    model = {"prefect.resource.id": "drywall.model.drywall-clipseg"}
+    events = [
+        _event(
+            "drywall.drift.detected",
+            {"prefect.resource.id": "drywall.field-images"},
+            {"drifted_share": 0.75, "drifted_columns": ["brightness_mean"], "n_current": 12, "champion": "v9"},
+        ),
+        _event(  # as promote_task emits it for a regression: alerted
+            "drywall.gate.refused",
+            {**model, "drywall.regression": "true"},
+            {"version": "v12", "champion": "v9", "reasons": ["crack: mIoU regresses 0.610 -> 0.520"]},
+        ),
+        _event(  # refused for no improvement: an ordinary night, no alert
+            "drywall.gate.refused",
+            {**model, "drywall.regression": "false"},
+            {"version": "v13", "champion": "v9", "reasons": ["mIoU gain 0.001 < 0.005"]},
+        ),
+        _event("drywall.model.regressed", model, {"version": "v9", "regressions": ["crack: mIoU 0.610 -> 0.500"]}),
+    ]
+    assert httpx.post(f"{api}/events", json=events, timeout=30).status_code == 204
 
     def about_run() -> list[dict]:
         return [m for m in sink.messages if run["name"] in m.get("text", "")]
@@ -313,10 +335,20 @@ def test_alerts_one_notification_per_failed_run_and_per_drift(stack) -> None:
     def about_drift() -> list[dict]:
         return [m for m in sink.messages if "drifted" in m.get("text", "")]
 
-    assert _wait_for(lambda: about_run() and about_drift()), f"missing notifications: {sink.messages}"
+    def about(text: str) -> list[dict]:
+        return [m for m in sink.messages if text in m.get("text", "")]
+
+    assert _wait_for(
+        lambda: about_run() and about_drift() and about("candidate v12 refused") and about("champion v9 regressed")
+    ), f"missing notifications: {sink.messages}"
     time.sleep(5)  # a duplicate would arrive within this window
     (message,) = about_run()
     assert "Failed" in message["text"] and "drywall-alert-probe" in message["text"]
     assert "probe failure for the alert test" in message["text"]
     (drift,) = about_drift()
     assert "champion v9" in drift["text"] and "75% of features" in drift["text"] and "brightness_mean" in drift["text"]
+    (refused,) = about("candidate v12 refused")
+    assert "champion stays v9" in refused["text"] and "mIoU regresses 0.610 -> 0.520" in refused["text"]
+    assert not about("v13"), "a refusal without a regression is not an alert"
+    (regressed,) = about("champion v9 regressed")
+    assert "crack: mIoU 0.610 -> 0.500" in regressed["text"]
