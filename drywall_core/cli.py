@@ -418,7 +418,6 @@ def label_queue(
     if not photos:
         raise InputError(f"{images}: no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     store = store_from_settings(s)
-    exclude = lq.queued_shas(store, workspace, project)
     loaded = for_inference(load_model(model), s.inference_precision)
     version = loaded.manifest.get("version") or Path(model).name
     batch = batch or lq.default_batch()
@@ -427,12 +426,9 @@ def label_queue(
         for item in run.skipped:
             _err(f"{item['image']}: cannot read image ({item['reason']}); skipped")
         paths = {p.sha256: p.path for p in photos}
-        split = None
-        if challenger:
-            other = for_inference(load_model(challenger), s.inference_precision)
-            split = lq.disagreement(other, run.frame, paths, Path(tmp), prompt)
-        picks = lq.pick(run.frame, prompt, top or s.label_queue.per_run, exclude=exclude, disagreement=split)
-        items = lq.items_from(picks, paths, Path(tmp))
+        other = for_inference(load_model(challenger), s.inference_precision) if challenger else None
+        k = top or s.label_queue.per_run
+        items, before = lq.select(store, run.frame, paths, Path(tmp), workspace, project, prompt, k, other)
         if dry_run is not None:
             with staged_dir(dry_run, "label-queue") as staged:
                 report = lq.write_dry_run(items, label, batch, staged)
@@ -461,7 +457,7 @@ def label_queue(
     if report.over_limit:
         _err(f"{len(report.over_limit)} image(s) left for tomorrow: {s.label_queue.per_day} per day reached")
     typer.echo(
-        f"{len(report.queued)} queued in {workspace}/{project} ({batch}); {len(exclude)} queued before, "
+        f"{len(report.queued)} queued in {workspace}/{project} ({batch}); {before} queued before, "
         f"{len(report.failed)} failed"
     )
     if report.failed:

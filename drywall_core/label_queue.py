@@ -170,10 +170,21 @@ def day_prefix(workspace: str, project: str, day: str) -> str:
     return f"{QUEUE}/{workspace}/{project}/days/{day}/"
 
 
+def annotated_prefix(workspace: str, project: str) -> str:
+    return f"{QUEUE}/{workspace}/{project}/annotated/"
+
+
 def queued_shas(store: ArtifactStore, workspace: str, project: str) -> set[str]:
-    """Images (sha256) fully queued in this project: uploaded and pre-annotated."""
-    out = set()
+    """Images (sha256) fully queued in this project: uploaded and pre-annotated.
+
+    One listing of the empty ``annotated/<sha256>`` markers; only records without a marker (an
+    annotation that failed, or a record written before the markers) are read.
+    """
+    marked = {Path(k).name for k in store.list(annotated_prefix(workspace, project))}
+    out = set(marked)
     for key in store.list(f"{QUEUE}/{workspace}/{project}/images/"):
+        if Path(key).stem in marked:
+            continue
         with contextlib.suppress(NotFound, json.JSONDecodeError):
             if json.loads(store.get_bytes(key)).get("annotated"):
                 out.add(Path(key).stem)
@@ -313,10 +324,30 @@ def queue_for_labelling(
             )
             record = {**record, "annotated": True, "regions": len(coco["annotations"])}
             store.put_bytes(key, json.dumps(record, indent=2).encode())
+            store.put_bytes(annotated_prefix(workspace, project) + item.sha256, b"")
             report.queued.append(record)
         except (LabelQueueError, InputError, OSError) as exc:
             report.failed.append((item.name, redact(str(exc), client.api_key)))
     return report
+
+
+def select(
+    store: ArtifactStore,
+    frame: pd.DataFrame,
+    images: dict[str, Path],
+    masks_root: Path,
+    workspace: str,
+    project: str,
+    prompt: str,
+    k: int,
+    challenger: Any = None,
+) -> tuple[list[QueueItem], int]:
+    """The ``k`` most uncertain photos for ``prompt`` not yet queued in this project (ties broken by
+    disagreement with ``challenger``, a loaded model, when given), and how many were queued before."""
+    split = disagreement(challenger, frame, images, masks_root, prompt) if challenger is not None else None
+    exclude = queued_shas(store, workspace, project)
+    picks = pick(frame, prompt, k, exclude=exclude, disagreement=split)
+    return items_from(picks, images, masks_root), len(exclude)
 
 
 def items_from(picks: pd.DataFrame, images: dict[str, Path], masks_root: Path) -> list[QueueItem]:

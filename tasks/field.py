@@ -141,12 +141,8 @@ def label_queue_task(predicted: dict[str, Any], batch: str | None = None) -> dic
         if spec.roboflow is None or spec.prompt not in set(frame["prompt"]):
             continue
         ws, proj = spec.roboflow.workspace, spec.roboflow.project
-        split = None
-        if challenger is not None:
-            split = lq.disagreement(challenger, frame, images, Path(predicted["out"]), spec.prompt)
-        exclude = lq.queued_shas(store, ws, proj)
-        picks = lq.pick(frame, spec.prompt, s.label_queue.per_run, exclude=exclude, disagreement=split)
-        items = lq.items_from(picks, images, Path(predicted["out"]))
+        masks = Path(predicted["out"])
+        items, _ = lq.select(store, frame, images, masks, ws, proj, spec.prompt, s.label_queue.per_run, challenger)
         client = lq.RoboflowProjectClient(ws, proj, key, s.roboflow_api_url)
         report = lq.queue_for_labelling(
             store,

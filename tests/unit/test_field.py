@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -202,3 +203,11 @@ def test_a_failed_annotation_is_finished_on_the_next_run_without_uploading_again
     assert [e["image"] for e in done.queued] == ["site/wall.png"] and done.queued[0]["regions"] == 1
     assert run().already == ["site/wall.png"] and lq.queued_shas(store, "ws", "proj") == {"ab" * 32}
     assert lq.queued_on(store, "ws", "proj", lq.today()) == 1
+
+    # a record written before the annotated/ markers still counts; only records without one are read
+    store.put_bytes(lq.record_key("ws", "proj", "cd" * 32), json.dumps({"annotated": True}).encode())
+    reads: list[str] = []
+    get_bytes = store.get_bytes
+    store.get_bytes = lambda key: reads.append(key) or get_bytes(key)  # type: ignore[method-assign]
+    assert lq.queued_shas(store, "ws", "proj") == {"ab" * 32, "cd" * 32}
+    assert reads == [lq.record_key("ws", "proj", "cd" * 32)]
