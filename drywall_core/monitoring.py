@@ -11,8 +11,11 @@ that share nothing but the network all add their runs to the one service.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,7 +32,7 @@ def slug(prompt: str) -> str:
 
 def open_workspace(where: str) -> Any:
     """A local workspace folder (created if missing) or a remote ``evidently ui`` at an http(s) URL."""
-    if where.startswith(("http://", "https://")):
+    if _is_url(where):
         from evidently.ui.workspace import RemoteWorkspace
 
         return RemoteWorkspace(where.rstrip("/"))
@@ -85,8 +88,28 @@ def ensure_project(ws: Any, name: str, prompts: Sequence[str]) -> Any:
     return project
 
 
-def _add(ws: Any, project: Any, snapshot: Any) -> str:
-    return str(ws.add_run(project.id, snapshot).id)
+def _is_url(where: str) -> bool:
+    return where.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _workspace_lock(where: str) -> Iterator[None]:
+    """One process or thread at a time writes to a local workspace: two at once would make two
+    projects of one name, or read a project file half written. A service does its own bookkeeping."""
+    if _is_url(where):
+        yield
+        return
+    Path(where).mkdir(parents=True, exist_ok=True)
+    with open(Path(where) / ".drywall-project.lock", "a") as lock:  # a new open file: flock excludes threads too
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _add(where: str, model: str, prompts: Sequence[str], snapshot: Any) -> str:
+    """Add a run to the model's project (created with its dashboard on first use)."""
+    with _workspace_lock(where):
+        ws = open_workspace(where)
+        return str(ws.add_run(ensure_project(ws, model, prompts).id, snapshot).id)
 
 
 def _mean_report(frame: pd.DataFrame, tags: list[str], metadata: dict[str, Any]) -> Any:
@@ -100,16 +123,14 @@ def _mean_report(frame: pd.DataFrame, tags: list[str], metadata: dict[str, Any])
 
 def record_drift(where: str, model: str, prompts: Sequence[str], snapshot: Any) -> str:
     """A drift run's Evidently snapshot (drifted share, per-column drift, main feature means)."""
-    ws = open_workspace(where)
-    return _add(ws, ensure_project(ws, model, prompts), snapshot)
+    return _add(where, model, prompts, snapshot)
 
 
 def record_field(where: str, model: str, prompts: Sequence[str], summary: pd.DataFrame, meta: dict) -> str:
     """A field-prediction run: per prompt, the mean foreground fraction, confidence and uncertain share."""
     wide = summary.pivot_table(index="sha256", columns="prompt", values=list(SIGNALS), aggfunc="mean")
     wide.columns = [f"{signal}__{slug(prompt)}" for signal, prompt in wide.columns]
-    ws = open_workspace(where)
-    return _add(ws, ensure_project(ws, model, prompts), _mean_report(wide, [TAG_FIELD], meta))
+    return _add(where, model, prompts, _mean_report(wide, [TAG_FIELD], meta))
 
 
 def record_evaluation(where: str, model: str, prompts: Sequence[str], metrics: dict[str, Any], meta: dict) -> str:
@@ -121,5 +142,4 @@ def record_evaluation(where: str, model: str, prompts: Sequence[str], metrics: d
         columns.setdefault(f"iou__{p}", []).append(row["iou"])
         columns.setdefault(f"dice__{p}", []).append(row["dice"])
     frame = pd.DataFrame({k: pd.Series(v, dtype=float) for k, v in columns.items()})
-    ws = open_workspace(where)
-    return _add(ws, ensure_project(ws, model, prompts), _mean_report(frame, [TAG_EVAL], meta))
+    return _add(where, model, prompts, _mean_report(frame, [TAG_EVAL], meta))

@@ -122,3 +122,45 @@ def test_runs_over_time_in_the_evidently_ui(
         "Predicted foreground fraction per prompt",
         "Champion mIoU per prompt",
     } <= titles
+
+
+def test_concurrent_first_runs_make_one_project_in_a_local_workspace(tmp_path: Path, monkeypatch) -> None:
+    """Stages on one host that record their first run at the same moment share one project (a slow
+    project creation widens the window between looking the project up and creating it)."""
+    import threading
+    import time
+
+    from evidently.ui.workspace import Workspace
+
+    create = Workspace.create_project
+
+    def slow_create(self, *args, **kwargs):
+        time.sleep(0.5)
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(Workspace, "create_project", slow_create)
+    where = str(tmp_path / "ws")
+    barrier = threading.Barrier(4)
+    metrics = {
+        "datasets": {"cracks": {"prompt": "segment crack"}},
+        "per_image": [{"dataset": "cracks", "iou": 0.5, "dice": 0.6}, {"dataset": "cracks", "iou": 0.7, "dice": 0.8}],
+    }
+    errors: list[BaseException] = []
+
+    def record(i: int) -> None:
+        try:
+            barrier.wait()
+            monitoring.record_evaluation(where, "drywall-clipseg", PROMPTS, metrics, {"run": str(i)})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    ws = monitoring.open_workspace(where)
+    projects = [p for p in ws.list_projects() if p.name == "drywall-clipseg"]
+    assert len(projects) == 1, f"{len(projects)} projects of one name"
+    assert len(ws.list_runs(projects[0].id)) == 4
