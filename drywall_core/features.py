@@ -71,8 +71,8 @@ def encode_images(model: Any, pixel_values: torch.Tensor, parallel: bool = False
         workers = min(torch.get_num_threads(), len(pixel_values))
         if not parallel or workers < 2 or pixel_values.device.type != "cpu":
             return _encode(model, pixel_values)
-        with _single_threaded_kernels(), ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(lambda chunk: _encode(model, chunk), pixel_values.tensor_split(workers)))
+        with _single_threaded_kernels():
+            parts = list(_pool(workers).map(lambda chunk: _encode(model, chunk), pixel_values.tensor_split(workers)))
     return torch.cat(parts)
 
 
@@ -85,6 +85,15 @@ def _encode(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 _KERNEL_THREADS = threading.Lock()
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool kept for the process (called under _KERNEL_THREADS): new threads cost ~1 ms of torch
+    set-up per call, which a small model's batch notices."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="drywall-encode")
+    return _POOLS[workers]
 
 
 @contextlib.contextmanager
