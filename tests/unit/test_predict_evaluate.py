@@ -169,9 +169,11 @@ def test_parallel_images_encode_like_one_call(trained: Path, synthetic_exports, 
     pv = features.pixel_values(loaded, imgs)
     seen: list[tuple[int, int, int]] = []
     encode = features._encode
+    together = threading.Barrier(2, timeout=30)  # passes only if both chunks are being encoded at once
 
     def watched(model, chunk):
         seen.append((threading.get_ident(), torch.get_num_threads(), len(chunk)))
+        together.wait()
         return encode(model, chunk)
 
     before = torch.get_num_threads()
