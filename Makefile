@@ -6,18 +6,25 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test unit lint format bench clean
+.PHONY: setup demo test unit lint format bench clean lock
 
-$(STAMP): pyproject.toml infra/fetch-docs-assets.sh infra/ensure-postgres.sh
+$(STAMP): pyproject.toml requirements.lock infra/fetch-docs-assets.sh infra/ensure-postgres.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "installing drywall-qa into $(VENV) (first time: ~2 min; torch is pinned to the CPU build 2.13.0)"
-	@set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
-		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	@echo "installing drywall-qa into $(VENV) from requirements.lock (first time: ~2.5 min; torch is the CPU build 2.13.0)"
+	@set -o pipefail; $(PY) -m pip install --disable-pip-version-check --progress-bar off -c requirements.lock -e '.[dev]' 2>&1 \
+		| awk '/is ignored: it is neither a file nor a directory|^Requirement already satisfied|^  (Using cached|Downloading|Obtaining|Preparing|Getting|Installing build|Building|Created|Stored|Attempting|Found existing|Uninstalling|Successfully uninstalled)/{next} \
+		       /^(Collecting|Processing|Obtaining|Downloading) /{n++; if (n % 25 == 0) {print "  " n " packages resolved"; fflush()}; next} \
+		       /^Installing collected packages/{print "  installing " n " packages"; fflush(); next} \
+		       /^Successfully installed/{print "  installed"; next} {print; fflush()}'
 	@bash infra/fetch-docs-assets.sh $(VENV)/share/drywall-docs
 	@bash infra/ensure-postgres.sh
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# re-resolve pyproject.toml afresh and pin every transitive dependency (see infra/lock.sh)
+lock:
+	bash infra/lock.sh
 
 demo: setup
 	$(VENV)/bin/drywall demo

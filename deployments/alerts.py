@@ -11,6 +11,14 @@ server, all created or updated in place by name, so running the setup again chan
 - field images drifted (``drywall.drift.detected``).
 
 The server's own automation services send them, so alerts work while no worker is running.
+
+One more automation needs no webhook and is always created: **zombie runs**. A worker (or the host
+under it) killed mid-run leaves its flow run Running for ever. With
+``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` set in every worker's environment (the stack, compose and the
+Kubernetes job template set 30 s), a running flow emits ``prefect.flow-run.heartbeat``; when no
+heartbeat (nor a final state) follows the last one within ``ZOMBIE_AFTER`` the server marks the run
+Crashed, which the failed-run alert then reports and which the retrain flow retries (training resumes
+from its staged checkpoint).
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 BLOCK_NAME = "drywall-alerts"
+ZOMBIE_NAME = "drywall: crash runs whose heartbeats stopped"
+ZOMBIE_AFTER = timedelta(seconds=180)  # 6 heartbeats at 30 s: longer than an API outage of a minute plus one beat
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,58 @@ def ensure_notification_block(url: str) -> str:
     return str(block.save(BLOCK_NAME, overwrite=True))
 
 
+def _upsert(wanted) -> None:
+    """Create the automation, or update the one of the same name in place (setup is idempotent)."""
+    from prefect.automations import Automation
+
+    try:
+        current = Automation.read(name=wanted.name)
+    except ValueError:  # no automation of that name yet
+        current = None
+    if current is None:
+        wanted.create()
+    else:
+        wanted.id = current.id
+        wanted.update()
+
+
+def ensure_zombie_automation(after: timedelta = ZOMBIE_AFTER) -> str:
+    """Mark a flow run Crashed when its heartbeats stop (its process, worker or host died)."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    _upsert(
+        Automation(
+            name=ZOMBIE_NAME,
+            description="drywall-qa: a run whose heartbeats stop is Crashed (deployments/alerts.py)",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={
+                    "prefect.flow-run.heartbeat",
+                    "prefect.flow-run.Completed",
+                    "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled",
+                    "prefect.flow-run.Crashed",
+                },
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=after,
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    state=StateType.CRASHED,
+                    message=f"no heartbeat for {after.total_seconds():.0f}s: its process, worker or host died",
+                )
+            ],
+        )
+    )
+    return ZOMBIE_NAME
+
+
 def ensure_alerts(url: str) -> list[str]:
     """Create or update the notification block and every alert automation; returns their names."""
     from prefect.automations import Automation
@@ -101,14 +163,6 @@ def ensure_alerts(url: str) -> list[str]:
             ),
             actions=[SendNotification(block_document_id=block_id, subject=alert.subject, body=alert.body)],
         )
-        try:
-            current = Automation.read(name=alert.name)
-        except ValueError:  # no automation of that name yet
-            current = None
-        if current is None:
-            wanted.create()
-        else:
-            wanted.id = current.id
-            wanted.update()
+        _upsert(wanted)
         names.append(alert.name)
     return names

@@ -46,16 +46,17 @@ def alerts_setup(
         str | None, typer.Option(help="Slack-compatible incoming webhook (default: DRYWALL_ALERT_WEBHOOK_URL).")
     ] = None,
 ) -> None:
-    """Create or update the notification block and the alert automations (needs PREFECT_API_URL)."""
-    from deployments.alerts import ensure_alerts
+    """Create or update the zombie-run automation, the notification block and the alerts (needs PREFECT_API_URL)."""
+    from deployments.alerts import ensure_alerts, ensure_zombie_automation
 
     s = get_settings()
     target = url or (s.alert_webhook_url.get_secret_value() if s.alert_webhook_url else None)
-    if not target:
-        typer.echo("alerts: no webhook URL (DRYWALL_ALERT_WEBHOOK_URL); automations not created")
-        return
-    if not target.startswith(("http://", "https://")):
+    if target and not target.startswith(("http://", "https://")):
         raise InputError(f"alert webhook URL must be http(s)://..., not '{target[:40]}'")
+    typer.echo(f"automation ready: {ensure_zombie_automation()}")
+    if not target:
+        typer.echo("alerts: no webhook URL (DRYWALL_ALERT_WEBHOOK_URL); alert automations not created")
+        return
     for name in ensure_alerts(target):
         typer.echo(f"alert automation ready: {name}")
 
@@ -66,10 +67,10 @@ app.add_typer(stack_app, name="stack")
 
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start Prefect server + UI, S3 (SeaweedFS), Evidently UI, cpu/gpu workers and the webhook receiver; deploy."""
+    """Start PostgreSQL, Prefect server + UI, S3, Evidently UI, cpu/gpu workers and the webhook receiver; deploy."""
     from deployments.stack import Stack
 
-    stack = Stack(get_settings())
+    stack = Stack(get_settings(), say=lambda line: typer.echo(line, err=True))
     state = stack.up()
     env = stack.public_env(state)
     verb = "already running" if state.get("already_running") else "up"
@@ -77,7 +78,7 @@ def stack_up() -> None:
         f"stack {verb}: Prefect UI http://127.0.0.1:{state['prefect_port']}  S3 {env['DRYWALL_S3_ENDPOINT_URL']}"
         f"  webhook {env['DRYWALL_WEBHOOK_URL']}  Evidently UI {env['DRYWALL_EVIDENTLY_URL']}"
     )
-    typer.echo(f"environment: source {stack.env_file}")
+    typer.echo(f"environment (credentials, mode 0600): source {stack.env_file}")
 
 
 @stack_app.command("down")
@@ -91,16 +92,20 @@ def stack_down() -> None:
 
 @stack_app.command("status")
 def stack_status() -> None:
-    """What runs where."""
+    """What runs where, and whether every active schedule has an upcoming run (exit 1 naming what is not)."""
     from deployments.stack import Stack
 
-    rows = Stack(get_settings()).status()
-    for r in rows:
-        state = "up" if r["answers"] else ("running, not answering" if r["running"] else "down")
-        where = f"127.0.0.1:{r['port']}" if r["port"] else ""
-        typer.echo(f"{r['component']:<15} {state:<24} pid {r['pid'] or '-':<8} {where}")
-    if not all(r["answers"] for r in rows):
-        raise CheckFailed("not every part of the stack is up")
+    status = Stack(get_settings()).status()
+    for r in status.components:
+        state = "up" if r.answers else ("running, not answering" if r.running else "down")
+        where = f"127.0.0.1:{r.port}" if r.port else ""
+        typer.echo(f"{r.name:<15} {state:<24} pid {r.pid or '-':<8} {where}")
+    for c in status.schedules:
+        typer.echo(f"schedule {c.deployment:<36} {'ok' if c.ok else 'NO RUN'}: {c.reason}")
+    if not status.ok:
+        for problem in status.problems:
+            typer.echo(f"stack: {problem}", err=True)
+        raise CheckFailed(f"{len(status.problems)} problem(s) in the stack")
 
 
 @app.command()

@@ -24,6 +24,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from deployments.schedules import auth_headers
 from drywall_core.config import get_settings
 from drywall_core.webhooks import (
     MAX_BODY_BYTES,
@@ -46,9 +47,15 @@ EMIT_TIMEOUT_S = 5.0  # well inside the delivery lease, so a slow API cannot cau
 HEALTH_TIMEOUT_S = 1.0
 
 
-def prefect_emitter(api_url: str, api_key: str | None = None, timeout: float = EMIT_TIMEOUT_S) -> Emitter:
-    """Send one event to the Prefect API and return its id (raises if the API refuses)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+def prefect_emitter(
+    api_url: str, api_key: str | None = None, timeout: float = EMIT_TIMEOUT_S, auth_string: str | None = None
+) -> Emitter:
+    """Send one event to the Prefect API and return its id (raises if the API refuses).
+
+    ``api_key`` is Prefect Cloud's bearer key; ``auth_string`` a self-hosted server's basic auth
+    (``PREFECT_API_AUTH_STRING``, ``user:password``).
+    """
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else auth_headers(auth_string)
     client = httpx.Client(base_url=api_url.rstrip("/") + "/", headers=headers, timeout=timeout)
 
     def emit(event: str, resource_id: str, payload: dict[str, Any]) -> str:
@@ -74,7 +81,7 @@ def create_app(secrets: list[str], store: DeliveryStore, emit: Emitter, health_u
     its own delivery: other deliveries and ``/healthz`` are answered meanwhile."""
     if not any(secrets):
         raise ValueError("no webhook secret: set DRYWALL_WEBHOOK_SECRET")
-    app = FastAPI(title="drywall-qa webhook receiver", docs_url=None, redoc_url=None)
+    app = FastAPI(title="drywall-qa webhook receiver", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def read_limited(request: Request) -> bytes | None:
         declared = request.headers.get("content-length")
@@ -184,5 +191,7 @@ def app_from_environment() -> FastAPI:
         raise ValueError("PREFECT_API_URL is not set: the receiver needs a Prefect server to send events to")
     secrets = [x.get_secret_value() for x in (s.webhook_secret, s.webhook_previous_secret) if x]
     store = DeliveryStore(Path(s.home) / "webhooks" / "deliveries.sqlite")
-    emit = prefect_emitter(api_url, os.environ.get("PREFECT_API_KEY"))
+    emit = prefect_emitter(
+        api_url, os.environ.get("PREFECT_API_KEY"), auth_string=os.environ.get("PREFECT_API_AUTH_STRING")
+    )
     return create_app(secrets, store, emit, health_url=api_url.rstrip("/") + "/health")

@@ -100,6 +100,11 @@ def train_candidate(
     return candidate
 
 
+def candidate_staged(store: ArtifactStore, staging: str) -> bool:
+    """Whether a finished candidate is staged there (``candidate.json`` is written last)."""
+    return store.exists(staging_key(staging, CANDIDATE))
+
+
 def fetch_candidate(store: ArtifactStore, staging: str, dest: Path) -> dict[str, Any]:
     """Download a staged candidate (model and reports) to ``dest``; returns the local paths."""
     dest = Path(dest)

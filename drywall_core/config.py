@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     model_name: str = Field(default="clipseg-drywall", description="Registry name of the model.")
     gate: GateConfig = Field(default_factory=lambda: GateConfig())
 
+    # Runs that end instead of hanging (the retrain flow waiting on the gpu pool's training run)
+    train_crash_retries: int = Field(
+        default=1, ge=0, le=5, description="Times a Crashed training run is started again (it resumes)."
+    )
+    api_outage_tolerance_s: float = Field(
+        default=600.0, gt=0, description="How long a flow waits out an unreachable Prefect API before failing."
+    )
+
     # Webhook receiver
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC secret of signed deliveries.")
     webhook_previous_secret: SecretStr | None = Field(
@@ -140,8 +148,14 @@ class Settings(BaseSettings):
     stack_prefect_port: int = 4200
     stack_s3_port: int = 8333
     stack_database_url: str | None = Field(
-        default=None, description="PostgreSQL URL for the stack's Prefect server (SQLite when unset)."
+        default=None,
+        description="An existing PostgreSQL for the stack's Prefect server; unset: the stack runs its own.",
     )
+    stack_database: Literal["postgres", "sqlite"] = Field(
+        default="postgres",
+        description="The stack's own Prefect database: PostgreSQL (Debian's package; SQLite locks under load).",
+    )
+    stack_postgres_port: int = 5434
 
     # Fan-out stages (mask rendering, drift features): Prefect's default runner, or Dask
     task_runner: Literal["default", "dask"] = Field(default="default", description="'dask': a local Dask cluster.")
@@ -159,6 +173,10 @@ class Settings(BaseSettings):
     )
     evidently_url: str | None = Field(
         default=None, description="An `evidently ui` service to add runs to (the stack's); else the workspace folder."
+    )
+    evidently_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret of the Evidently service at evidently_url (the stack's runs behind it; never logged).",
     )
     stack_evidently_port: int = 8085
     alert_webhook_url: SecretStr | None = Field(

@@ -21,15 +21,19 @@ os.umask(_UMASK)
 
 
 @contextmanager
-def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; rename it onto ``path`` on success."""
+def atomic_open(path: Path, mode: str = "w", file_mode: int | None = None) -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; rename it onto ``path`` on success.
+
+    ``file_mode`` (e.g. 0o600 for a file of secrets) replaces the usual umask-derived permissions;
+    the file never exists under its final name with other permissions.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     except OSError as exc:
         raise OutputError(f"{path.parent}: cannot write here ({exc.strerror or exc})") from None
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+    os.fchmod(fd, file_mode if file_mode is not None else 0o666 & ~_UMASK)  # mkstemp makes 0600
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -74,8 +78,8 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_open(path, "w") as f:
+def atomic_write_text(path: Path, text: str, file_mode: int | None = None) -> None:
+    with atomic_open(path, "w", file_mode=file_mode) as f:
         f.write(text)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from drywall_core.config import get_settings
 from drywall_core.drift import MAIN_FEATURES
 
 SIGNALS = ("fg_fraction", "mean_confidence", "uncertain_share")
@@ -30,12 +31,19 @@ def slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
 
 
-def open_workspace(where: str) -> Any:
-    """A local workspace folder (created if missing) or a remote ``evidently ui`` at an http(s) URL."""
+def open_workspace(where: str, secret: str | None = None) -> Any:
+    """A local workspace folder (created if missing) or a remote ``evidently ui`` at an http(s) URL.
+
+    A remote one is given ``secret`` (default: ``DRYWALL_EVIDENTLY_SECRET``), which the stack's
+    service demands on every request.
+    """
     if _is_url(where):
         from evidently.ui.workspace import RemoteWorkspace
 
-        return RemoteWorkspace(where.rstrip("/"))
+        if secret is None:
+            configured = get_settings().evidently_secret
+            secret = configured.get_secret_value() if configured else None
+        return RemoteWorkspace(where.rstrip("/"), secret=secret)
     from evidently.ui.workspace import Workspace
 
     return Workspace.create(where)

@@ -13,15 +13,16 @@ import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
+from drywall_core.candidates import candidate_staged
 from drywall_core.config import get_settings, resolve_train_config
 from drywall_core.model import base_fingerprint
 from drywall_core.snapshots import nothing_new, snapshots_of, training_identity
-from drywall_core.storage import LocalStore
+from drywall_core.storage import LocalStore, store_from_settings
 from flows.common import Source, run_dir
 from flows.ingest import ingest
+from flows.remote import run_remote
 from flows.train import train_flow
 from tasks.artifacts import image, link, markdown
 from tasks.model import evaluate_task, fetch_candidate_task, shadow_task
@@ -48,15 +49,22 @@ def _train(
     staging: str,
     train_deployment: str | None,
 ) -> None:
-    """Run the training stage inline, or on another pool through its deployment; it stages the candidate."""
+    """Run the training stage inline, or on another pool through its deployment; it stages the candidate.
+
+    A rerun of this flow run (a retry, or Retry in the UI) finds the candidate its first attempt
+    staged and does not train again. On another pool, a crashed training run is started again
+    (it resumes from the staged epoch checkpoint) and an unreachable API is waited out.
+    """
+    settings = get_settings()
+    if candidate_staged(store_from_settings(settings), staging):
+        get_run_logger().info("a candidate is already staged under staging/%s: gating it, not training again", staging)
+        return
     params = {"snapshots": snapshots, "base_model": base_model, "train_config": train_config, "staging": staging}
     if not train_deployment:
         train_flow(**params)
         return
     get_run_logger().info("training on deployment %s (staging %s)", train_deployment, staging)
-    run = run_deployment(train_deployment, parameters=params, timeout=None)
-    if not run.state or not run.state.is_completed():
-        raise RuntimeError(f"training run {run.id} ended {run.state.name if run.state else 'without a state'}")
+    run_remote(train_deployment, params, settings.train_crash_retries, settings.api_outage_tolerance_s)
 
 
 def recorded_settings(base_model: str, train_config: dict[str, Any], profile: str | None) -> dict[str, Any]:

@@ -31,11 +31,14 @@ def train_task(
     )
 
     def on_epoch(row: dict) -> None:
-        update_progress_artifact(
-            progress,
-            100.0 * row["epoch"] / cfg.epochs,
-            description=f"epoch {row['epoch']}: val mIoU {row['val_miou']:.3f}",
-        )
+        try:  # progress is best effort: an unreachable Prefect API must not stop the training
+            update_progress_artifact(
+                progress,
+                100.0 * row["epoch"] / cfg.epochs,
+                description=f"epoch {row['epoch']}: val mIoU {row['val_miou']:.3f}",
+            )
+        except Exception as exc:  # noqa: BLE001 - reported, and the next epoch tries again
+            logger.warning("epoch %d: progress not recorded (%s)", row["epoch"], exc)
         logger.info("epoch %d: train loss %.4f, val mIoU %.4f", row["epoch"], row["train_loss"], row["val_miou"])
 
     candidate = train_candidate(

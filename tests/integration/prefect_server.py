@@ -32,21 +32,43 @@ def http_ok_within(url: str, timeout: float) -> bool:
 
 
 class PrefectServer:
-    def __init__(self, home: Path, port: int | None = None) -> None:
+    """``prefect server start``; with ``auth_string`` (``user:password``) its API demands basic auth.
+
+    ``env()`` serves the server and its clients alike: the server reads
+    ``PREFECT_SERVER_API_AUTH_STRING``, clients (CLI, workers, flows) ``PREFECT_API_AUTH_STRING``.
+    """
+
+    def __init__(self, home: Path, port: int | None = None, auth_string: str | None = None) -> None:
         self.home, self.port = Path(home), port or free_port()
+        self.auth_string = auth_string
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        """For httpx's ``auth=``: the same Basic header Prefect's client sends."""
+        if not self.auth_string:
+            return None
+        user, _, password = self.auth_string.partition(":")
+        return (user, password)
+
+    @property
+    def log(self) -> Path:
+        return self.home / "server.log"
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "PREFECT_HOME": str(self.home),
             "PREFECT_API_URL": self.api_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
+        if self.auth_string:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"] = self.auth_string
+        return env
 
     def start(self, timeout: float = 120) -> PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)

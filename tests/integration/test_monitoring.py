@@ -3,9 +3,11 @@ back through the UI's HTTP API (projects, runs, the dashboard's data series)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -13,29 +15,61 @@ import pandas as pd
 import pytest
 
 from drywall_core import field, monitoring
-from tests.integration.prefect_server import free_port, http_ok_within
+from drywall_core.config import get_settings
+from tests.conftest import REPO
+from tests.integration.prefect_server import free_port
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 PROMPTS = ["segment crack", "segment taping area"]
 
 
+SECRET = "evidently-Secret-for-tests-1"
+AUTH = {"evidently-secret": SECRET}
+
+
 @pytest.fixture
-def evidently_ui(tmp_path: Path):
+def evidently_ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The stack's Evidently service: the Evidently app behind the secret (deployments/evidently_ui.py)."""
     port = free_port()
     log = open(tmp_path / "evidently.log", "w")  # noqa: SIM115 - lives as long as the service
     proc = subprocess.Popen(
-        [str(BIN / "evidently"), "ui", "--workspace", str(tmp_path / "ws"), "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "deployments.evidently_ui", "--workspace", str(tmp_path / "ws"), "--port", str(port)],
+        env={**os.environ, "DRYWALL_EVIDENTLY_SECRET": SECRET},
+        cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    if not http_ok_within(f"{url}/api/version", 120):
-        raise RuntimeError((tmp_path / "evidently.log").read_text())
+    deadline = time.monotonic() + 120
+    while not _answers(f"{url}/api/version"):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError((tmp_path / "evidently.log").read_text())
+        time.sleep(0.3)
+    monkeypatch.setenv("DRYWALL_EVIDENTLY_SECRET", SECRET)  # what the stack writes into stack.env
+    get_settings.cache_clear()
     yield url
     proc.terminate()
     proc.wait(20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, headers=AUTH, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_the_service_refuses_every_request_without_the_secret(evidently_ui: str) -> None:
+    for method, path in [("GET", "/api/projects"), ("GET", "/"), ("POST", "/api/projects"), ("GET", "/api/version")]:
+        r = httpx.request(method, f"{evidently_ui}{path}", json={"name": "x"}, timeout=10)
+        assert r.status_code == 401 and "basic" in r.headers["www-authenticate"].lower(), (method, path)
+    wrong = httpx.get(f"{evidently_ui}/api/projects", headers={"evidently-secret": "nope"}, timeout=10)
+    assert wrong.status_code == 401
+    browser = httpx.get(f"{evidently_ui}/api/projects", auth=("anyone", SECRET), timeout=10)
+    assert browser.status_code == 200, "a browser's basic auth with the secret as password is let in"
+    assert httpx.get(f"{evidently_ui}/", auth=("anyone", SECRET), timeout=10).status_code == 200, "the UI page"
 
 
 def _photos(export: Path, dest: Path, start: int, n: int = 6) -> Path:
@@ -47,7 +81,7 @@ def _photos(export: Path, dest: Path, start: int, n: int = 6) -> Path:
 
 def _series(url: str, project: str, metric: str, labels: dict, tag: str) -> list[float]:
     body = {"series_filter": [{"metric": metric, "metric_labels": labels, "tags": [tag], "metadata": {}}]}
-    r = httpx.post(f"{url}/api/v2/snapshots/{project}/data_series_batch", json=body, timeout=30)
+    r = httpx.post(f"{url}/api/v2/snapshots/{project}/data_series_batch", json=body, headers=AUTH, timeout=30)
     r.raise_for_status()
     (series,) = r.json()["series"]
     return series["values"]
@@ -86,10 +120,9 @@ def test_runs_over_time_in_the_evidently_ui(
     monitoring.record_evaluation(evidently_ui, "clipseg-drywall", PROMPTS, metrics, {"model_version": "v1"})
 
     # read everything back through the UI's HTTP API
-    (project,) = [
-        p for p in httpx.get(f"{evidently_ui}/api/projects", timeout=30).json() if p["name"] == "clipseg-drywall"
-    ]
-    runs = httpx.get(f"{evidently_ui}/api/projects/{project['id']}/snapshots", timeout=30).json()
+    listed = httpx.get(f"{evidently_ui}/api/projects", headers=AUTH, timeout=30).json()
+    (project,) = [p for p in listed if p["name"] == "clipseg-drywall"]
+    runs = httpx.get(f"{evidently_ui}/api/projects/{project['id']}/snapshots", headers=AUTH, timeout=30).json()
     assert len(runs) == 4
     drifted = _series(
         evidently_ui, project["id"], "evidently:metric_v2:DriftedColumnsCount", {"value_type": "share"}, "drift"
@@ -111,7 +144,7 @@ def test_runs_over_time_in_the_evidently_ui(
         evidently_ui, project["id"], "evidently:metric_v2:MeanValue", {"column": "iou__segment_crack"}, "evaluation"
     )
     assert miou == pytest.approx([0.6])
-    dashboard = httpx.get(f"{evidently_ui}/api/v2/dashboards/{project['id']}", timeout=30).json()
+    dashboard = httpx.get(f"{evidently_ui}/api/v2/dashboards/{project['id']}", headers=AUTH, timeout=30).json()
     titles = (
         {p["title"] for p in dashboard["panels"].values()}
         if isinstance(dashboard["panels"], dict)

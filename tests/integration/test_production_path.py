@@ -3,32 +3,41 @@
 A real ``prefect server start`` on PostgreSQL, a real S3 server (SeaweedFS), the Roboflow API
 stand-in, and two process workers -- ``cpu`` and ``gpu`` -- each in its own mount namespace with
 its own ``DRYWALL_HOME``, ``PREFECT_HOME`` and working folder, the other host's folder hidden
-under an empty tmpfs. ``retrain-nightly`` is run with no parameters, as its schedule runs it.
+under an empty tmpfs. The API demands basic auth, as in the stack and compose. The first
+``retrain-nightly`` is the scheduler's own run: its cron is moved to the coming minute and the
+scheduler, not the test, creates the run a worker then executes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
+from deployments.postgres import PostgresServer, postgres_bin
+from deployments.schedules import check_schedules, scheduler_errors, wait_for_schedules
 from tests.conftest import REPO
 from tests.fakes.roboflow_api import FakeRoboflow, zip_export
-from tests.integration.postgres_server import PostgresServer, postgres_bin
 from tests.integration.prefect_server import PrefectServer
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 API_KEY = "testKey-abc123"
+AUTH = "drywall:prod-path-Secret-1"
+CRON_DEPLOYMENTS = ["drift/drift-daily", "evaluate-champion/evaluate-nightly", "retrain/retrain-nightly"]
 DEPLOYMENTS = (
     "retrain/retrain-nightly",
     "train/train-gpu",
@@ -70,7 +79,7 @@ def postgres():
 def server(postgres, tmp_path_factory):
     os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.url
     try:
-        srv = PrefectServer(tmp_path_factory.mktemp("prefect-pg")).start(timeout=180)
+        srv = PrefectServer(tmp_path_factory.mktemp("prefect-pg"), auth_string=AUTH).start(timeout=180)
     finally:
         del os.environ["PREFECT_API_DATABASE_CONNECTION_URL"]
     yield srv
@@ -84,17 +93,22 @@ def _host(root: Path, name: str) -> dict[str, Path]:
     return host
 
 
-def _worker(pool: str, host: dict[str, Path], hidden: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """A process worker in its own mount namespace: the other host's folder is an empty tmpfs."""
+def _worker(
+    pool: str, host: dict[str, Path], hidden: Path | list[Path], env: dict[str, str], log: Path
+) -> subprocess.Popen:
+    """A process worker in its own mount namespace: the other hosts' folders are empty tmpfs mounts."""
     host_env = {
         **env,
         "DRYWALL_HOME": str(host["home"]),
         "PREFECT_HOME": str(host["root"] / "prefect"),
         "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # as the stack, compose and the k8s template set them
+        "PREFECT_CLIENT_MAX_RETRIES": "7",
     }
-    script = 'mount -t tmpfs none "$1" && cd "$2" && exec "$3" worker start --pool "$4" --limit 1'
+    hide = " && ".join(f'mount -t tmpfs none "{p}"' for p in ([hidden] if isinstance(hidden, Path) else hidden))
+    script = hide + ' && cd "$1" && exec "$2" worker start --pool "$3" --limit 1'
     return subprocess.Popen(
-        ["unshare", "-m", "bash", "-c", script, "_", str(hidden), str(host["work"]), str(BIN / "prefect"), pool],
+        ["unshare", "-m", "bash", "-c", script, "_", str(host["work"]), str(BIN / "prefect"), pool],
         env=host_env,
         stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the worker
         stderr=subprocess.STDOUT,
@@ -102,10 +116,78 @@ def _worker(pool: str, host: dict[str, Path], hidden: Path, env: dict[str, str],
     )
 
 
-def _flow_runs(api: str, flow_name: str) -> list[dict]:
-    r = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": [flow_name]}}}, timeout=30)
+def _api(api: str, method: str, path: str, body: dict | None = None) -> dict | list:
+    user, _, password = AUTH.partition(":")
+    r = httpx.request(method, f"{api}/{path}", json=body, auth=(user, password), timeout=30)
     r.raise_for_status()
-    return r.json()
+    return r.json() if r.content else {}
+
+
+def _flow_runs(api: str, flow_name: str) -> list[dict]:
+    return _api(api, "POST", "flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
+
+
+def _schedule_in_a_minute(api: str, deployment: str) -> str:
+    """Move the deployment's cron to the coming minute (at least 20 s away); returns that time."""
+    at = (datetime.now(UTC) + timedelta(seconds=80)).replace(second=0, microsecond=0)
+    dep = _api(api, "GET", f"deployments/name/{deployment}")
+    (schedule,) = dep["schedules"]
+    cron = f"{at.minute} {at.hour} * * *"
+    _api(api, "PATCH", f"deployments/{dep['id']}/schedules/{schedule['id']}", {"schedule": {"cron": cron}})
+    return at.isoformat()
+
+
+def _kill_host(worker: subprocess.Popen) -> None:
+    """A host dies: its worker and every process under it (the flow run's), at once."""
+    family = psutil.Process(worker.pid).children(recursive=True) + [psutil.Process(worker.pid)]
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    worker.wait(10)
+
+
+def _start_run(api: str, deployment: str, parameters: dict) -> str:
+    dep = _api(api, "GET", f"deployments/name/{deployment}")
+    return _api(api, "POST", f"deployments/{dep['id']}/create_flow_run", {"parameters": parameters})["id"]
+
+
+def _wait_final(api: str, run_id: str, timeout: float) -> dict:
+    """A flow run once final; an API that is down meanwhile is waited out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            run = _api(api, "GET", f"flow_runs/{run_id}")
+            if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+        time.sleep(2)
+    raise AssertionError(f"flow run {run_id} not final after {timeout:.0f}s")
+
+
+def _wait_for_key(store, key: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not store.exists(key):
+        assert time.monotonic() < deadline, f"{key} never appeared in the store"
+        time.sleep(0.3)
+
+
+def _zombie_window(env: dict, seconds: int | None) -> None:
+    """Set the zombie-run automation's window (None: the production default)."""
+    arg = f"timedelta(seconds={seconds})" if seconds else ""
+    script = f"from datetime import timedelta; from deployments.alerts import *; ensure_zombie_automation({arg})"
+    _run([sys.executable, "-c", script], env)
+
+
+def _wait_for_scheduled_run(api: str, deployment: str, timeout: float) -> dict:
+    """The run the scheduler made for ``deployment``, once it is final."""
+    dep = _api(api, "GET", f"deployments/name/{deployment}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = _api(api, "POST", "flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}}})
+        started = [r for r in runs if r["auto_scheduled"] and r["state_type"] != "SCHEDULED"]
+        if started and all(r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in started):
+            return started[0]
+        time.sleep(3)
+    raise AssertionError(f"the scheduler's run of {deployment} did not finish in {timeout:.0f}s: {runs}")
 
 
 def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
@@ -142,6 +224,12 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
     )
     for name in DEPLOYMENTS:
         assert f"Deployment '{name}' successfully created" in deployed.stdout.replace("\n", " ").replace("│", "")
+    # the scheduler (on PostgreSQL) creates upcoming runs for every cron deployment, and logs no error
+    checks = wait_for_schedules(server.api_url, AUTH, timeout=90, expect=len(CRON_DEPLOYMENTS))
+    assert [c.deployment for c in checks] == CRON_DEPLOYMENTS and all(c.ok for c in checks), checks
+    assert not scheduler_errors(server.log.read_text()), scheduler_errors(server.log.read_text())[:5]
+    with pytest.raises(httpx.HTTPStatusError, match="401"):
+        check_schedules(server.api_url, auth_string=None)  # the API refuses a client without the auth string
     inspect = _run([str(BIN / "prefect"), "deployment", "inspect", "retrain/retrain-nightly"], env).stdout
     assert "'cron': '0 2 * * *'" in inspect and "'collision_strategy': 'ENQUEUE'" in inspect
     assert "'work_pool_name': 'cpu'" in inspect and "'train_deployment': 'train/train-gpu'" in inspect
@@ -166,8 +254,14 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
     reg = ModelRegistry(S3Store(s3_server.bucket, prefix, s3_server.client()), "clipseg-drywall")
     api = server.api_url
     try:
-        # 1. no parameters: latest registered version pulled on the cpu host, trained on the gpu host
-        assert "Completed" in _run(nightly, env, timeout=560).stdout
+        # 1. the scheduler's run (no parameters): latest registered version pulled on the cpu host,
+        #    trained on the gpu host
+        due = _schedule_in_a_minute(api, "retrain/retrain-nightly")
+        scheduled = _wait_for_scheduled_run(api, "retrain/retrain-nightly", timeout=620)
+        assert scheduled["state_type"] == "COMPLETED", scheduled["state"]
+        assert scheduled["expected_start_time"].startswith(due[:16]) and scheduled["parameters"] == {
+            "train_deployment": "train/train-gpu"
+        }
         assert fake.downloads == 1
         (trained,) = _flow_runs(api, "train")
         assert trained["work_pool_name"] == "gpu" and trained["state_type"] == "COMPLETED"
@@ -176,7 +270,7 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
         manifest = reg.show(first)
         (snap,) = manifest["trained_from"]["snapshots"].items()
         assert reg.store.exists(f"datasets/{snap[0]}/{snap[1]}/manifest.json"), "the snapshot is in S3"
-        assert manifest["staging"].endswith(f"staging/{_flow_runs(api, 'retrain')[0]['id']}")
+        assert manifest["staging"].endswith(f"staging/{scheduled['id']}")
         assert reg.store.list("cache/"), "the activation cache is shared through S3"
 
         gpu_cache = list((gpu["home"] / "cache" / "activations").glob("*/index.json"))
@@ -191,15 +285,49 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
         assert len(_flow_runs(api, "train")) == 1 and reg.versions() == [first]
         assert fake.downloads == 1, "the cpu host already holds that version"
 
-        # 3. Roboflow publishes a new version: it is pulled, and the next run trains again
+        # 3. the gpu host dies mid-training (SIGKILL of its worker and the run's process): the run is
+        #    Crashed by the zombie automation (its heartbeats stop), retrain starts it again, another gpu
+        #    host resumes from the staged checkpoint, and the weights equal the uninterrupted run's
+        _zombie_window(env, 40)  # production: 180 s; the test's window is short but above one heartbeat
+        forced = _start_run(api, "retrain/retrain-nightly", {"force": True})
+        _wait_for_key(reg.store, f"staging/{forced}/checkpoint.pt", timeout=400)
+        _kill_host(workers[1])
+        killed_at = datetime.now(UTC)
+        gpu2 = _host(tmp_path, "gpu2-host")
+        workers.append(_worker("gpu", gpu2, [cpu["root"], gpu["root"]], env, tmp_path / "gpu2-worker.log"))
+        done = _wait_final(api, forced, timeout=560)
+        assert done["state_type"] == "COMPLETED", done["state"]
+        attempts = sorted(_flow_runs(api, "train"), key=lambda r: r["created"])[1:]
+        assert [r["state_type"] for r in attempts] == ["CRASHED", "COMPLETED"], [r["state"] for r in attempts]
+        crash = attempts[0]["state"]
+        assert "no heartbeat" in (crash["message"] or ""), crash
+        detected = datetime.fromisoformat(crash["timestamp"].replace("Z", "+00:00")) - killed_at
+        assert detected.total_seconds() < 40 + 60, f"Crashed {detected} after the kill (window 40 s)"
+        staged = json.loads(reg.store.get_bytes(f"staging/{forced}/candidate.json"))
+        assert staged["resumed"] is True, "the second attempt went on from the first one's checkpoint"
+        versions = reg.versions()
+        assert len(versions) == 2, "published once"
+        weights = {v: reg.show(v)["files"]["decoder.safetensors"] for v in versions}
+        assert weights[versions[1]] == weights[first], "resumed weights equal the uninterrupted run's"
+        assert (gpu2["home"] / "blobs").is_dir(), "the new gpu host fetched what it needed from the store"
+
+        # 4. Roboflow publishes a new version, and the Prefect server is down for 60 s while it trains:
+        #    the nightly waits it out, ends Completed and publishes once
+        _zombie_window(env, None)
         generate_synthetic(tmp_path / "v4", seed=4, n_sources=12)  # a seed whose sample validates
         fake.zip_bytes, fake.version = zip_export(tmp_path / "v4" / "synthetic-cracks.v1i.coco"), 4
-        assert "Completed" in _run(nightly, env, timeout=560).stdout
-        assert fake.downloads == 2 and len(_flow_runs(api, "train")) == 2
-        assert len(reg.versions()) == 2, "the new version's candidate was published (and gated)"
+        nightly_v4 = _start_run(api, "retrain/retrain-nightly", {})
+        _wait_for_key(reg.store, f"staging/{nightly_v4}/checkpoint.pt", timeout=400)
+        server.stop()
+        time.sleep(60)
+        server.start(timeout=180)
+        done = _wait_final(api, nightly_v4, timeout=560)
+        assert done["state_type"] == "COMPLETED", done["state"]
+        assert fake.downloads == 2
+        assert len(reg.versions()) == 3, "the new version's candidate was published (and gated), once"
         assert len(reg.store.list("datasets/cracks/")) > len(reg.store.list(f"datasets/cracks/{snap[1]}/"))
 
-        # 4. field photos land in the bucket: predicted on the gpu host, the uncertain ones queued on Roboflow
+        # 5. field photos land in the bucket: predicted on the gpu host, the uncertain ones queued on Roboflow
         keys = []
         for i, photo in enumerate(sorted((tmp_path / "v4" / "synthetic-cracks.v1i.coco" / "valid").glob("*.jpg"))[:3]):
             keys.append(f"field-images/{tmp_path.name}/site-{i}.jpg")
@@ -217,7 +345,8 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
         assert all(a["prediction"] for a in fake.annotations) and len(fake.annotations) == 3
     finally:
         for w in workers:
-            os.killpg(w.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # the killed host is gone already
+                os.killpg(w.pid, signal.SIGTERM)
         for w in workers:
             w.wait(30)
         fake.__exit__(None, None, None)

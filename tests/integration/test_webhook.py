@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deployments.schedules import scheduler_errors, wait_for_schedules
 from drywall_core.webhooks import sign
 from tests.conftest import REPO
 from tests.integration.prefect_server import PrefectServer, free_port, http_ok_within
@@ -25,6 +26,8 @@ from tests.integration.prefect_server import PrefectServer, free_port, http_ok_w
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 SECRET = "whsec-test-7f3a9c"
+API_AUTH_STRING = "drywall:webhook-stack-Secret-2"  # the Prefect API demands basic auth, as in the stack
+API_AUTH = tuple(API_AUTH_STRING.split(":", 1))
 
 
 class Sink:
@@ -55,7 +58,7 @@ class Sink:
 def stack(tmp_path_factory):
     """Prefect server + pools + alerts + deployments (with their triggers) + the receiver on loopback."""
     tmp = tmp_path_factory.mktemp("webhook-stack")
-    server = PrefectServer(tmp / "prefect").start()
+    server = PrefectServer(tmp / "prefect", auth_string=API_AUTH_STRING).start()
     sink = Sink()
     env = {
         **server.env(),
@@ -85,7 +88,7 @@ def stack(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     if not http_ok_within(f"{url}/healthz", 120):
         raise RuntimeError(log.read_text())
-    yield {"url": url, "api": server.api_url, "log": log, "proc": proc, "sink": sink, "env": env}
+    yield {"url": url, "api": server.api_url, "log": log, "proc": proc, "sink": sink, "env": env, "server": server}
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(20)
     server.stop()
@@ -113,12 +116,14 @@ def post(
 
 def events(api: str, name: str) -> list[dict]:
     """Every stored event of that name (the API pages by 50)."""
-    r = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"name": [name]}}, "limit": 50}, timeout=30)
+    r = httpx.post(
+        f"{api}/events/filter", json={"filter": {"event": {"name": [name]}}, "limit": 50}, auth=API_AUTH, timeout=30
+    )
     r.raise_for_status()
     page = r.json()
     out = list(page["events"])
     while page.get("next_page"):
-        page = httpx.get(page["next_page"], timeout=30).json()
+        page = httpx.get(page["next_page"], auth=API_AUTH, timeout=30).json()
         out += page["events"]
     return [e for e in out if e["event"] == name]
 
@@ -133,9 +138,25 @@ def wait_for(fn, timeout: float = 30.0, every: float = 0.5):
 
 
 def flow_runs(api: str, deployment: str) -> list[dict]:
-    dep = httpx.get(f"{api}/deployments/name/{deployment}", timeout=30).json()
-    r = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}, timeout=30)
-    return r.json()
+    """The deployment's runs that an event trigger made (the scheduler's upcoming runs left out)."""
+    dep = httpx.get(f"{api}/deployments/name/{deployment}", auth=API_AUTH, timeout=30).json()
+    body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}
+    r = httpx.post(f"{api}/flow_runs/filter", json=body, auth=API_AUTH, timeout=30)
+    return [run for run in r.json() if not run["auto_scheduled"]]
+
+
+def test_every_cron_deployment_gets_upcoming_runs_on_sqlite(stack) -> None:
+    """The scheduler (on SQLite here; on PostgreSQL in the production-path test) makes the upcoming
+    runs of every cron deployment of prefect.yaml, and its log holds no scheduler or database error."""
+    checks = wait_for_schedules(stack["api"], API_AUTH_STRING, timeout=90, expect=3)
+    assert [c.deployment for c in checks] == [
+        "drift/drift-daily",
+        "evaluate-champion/evaluate-nightly",
+        "retrain/retrain-nightly",
+    ]
+    assert all(c.ok and c.upcoming >= 1 for c in checks), checks
+    errors = scheduler_errors(stack["server"].log.read_text())
+    assert not errors, errors[:5]
 
 
 def test_signed_delivery_becomes_one_event_and_a_triggered_run(stack) -> None:
@@ -296,14 +317,17 @@ def _event(name: str, resource: dict[str, str], payload: dict) -> dict:
 
 def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(stack) -> None:
     api, sink, env = stack["api"], stack["sink"], stack["env"]
-    names = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
+    names = httpx.post(f"{api}/automations/filter", json={}, auth=API_AUTH, timeout=30).json()
     alerts = [a["name"] for a in names if a["name"].startswith("drywall: ")]
-    assert sorted(alerts) == sorted(set(alerts)) and len(alerts) == 4, "setup twice updates, never duplicates"
+    assert sorted(alerts) == sorted(set(alerts)) and len(alerts) == 5, "setup twice updates, never duplicates"
 
     r = subprocess.run([sys.executable, "-c", FAILING_FLOW], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     runs = httpx.post(
-        f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["drywall-alert-probe"]}}}, timeout=30
+        f"{api}/flow_runs/filter",
+        json={"flows": {"name": {"any_": ["drywall-alert-probe"]}}},
+        auth=API_AUTH,
+        timeout=30,
     ).json()
     (run,) = runs
     assert run["state_type"] == "FAILED"
@@ -327,7 +351,8 @@ def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(sta
         ),
         _event("drywall.model.regressed", model, {"version": "v9", "regressions": ["crack: mIoU 0.610 -> 0.500"]}),
     ]
-    assert httpx.post(f"{api}/events", json=events, timeout=30).status_code == 204
+    assert httpx.post(f"{api}/events", json=events, timeout=30).status_code == 401, "no auth, no events"
+    assert httpx.post(f"{api}/events", json=events, auth=API_AUTH, timeout=30).status_code == 204
 
     def about_run() -> list[dict]:
         return [m for m in sink.messages if run["name"] in m.get("text", "")]
@@ -352,3 +377,59 @@ def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(sta
     assert not about("v13"), "a refusal without a regression is not an alert"
     (regressed,) = about("champion v9 regressed")
     assert "crack: mIoU 0.610 -> 0.500" in regressed["text"]
+
+
+HUNG_FLOW = """
+import time
+from prefect import flow
+
+@flow(name="drywall-zombie-probe")
+def hung():
+    time.sleep(600)
+
+hung()
+"""
+
+
+def test_a_run_whose_process_dies_is_crashed_and_alerted(stack) -> None:
+    """SIGKILL leaves a run Running for ever; its heartbeats stop, the automation marks it Crashed
+    within a bounded time, and the failed-run alert reports it."""
+    from deployments.alerts import ZOMBIE_NAME
+
+    api, sink, env = stack["api"], stack["sink"], stack["env"]
+    names = [a["name"] for a in httpx.post(f"{api}/automations/filter", json={}, auth=API_AUTH, timeout=30).json()]
+    assert ZOMBIE_NAME in names, "drywall alerts setup (create-pools.sh) created it"
+    # the production window is 180 s (6 heartbeats); 40 s keeps the test short and still > 1 heartbeat
+    script = (
+        "from datetime import timedelta; from deployments.alerts import ensure_zombie_automation; "
+        "ensure_zombie_automation(timedelta(seconds=40))"
+    )
+    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_FLOW],
+        env={**env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    body = {"flows": {"name": {"any_": ["drywall-zombie-probe"]}}}
+
+    def the_run() -> dict | None:
+        runs = httpx.post(f"{api}/flow_runs/filter", json=body, auth=API_AUTH, timeout=30).json()
+        return runs[0] if runs else None
+
+    try:
+        running = wait_for(lambda: (run := the_run()) and run["state_type"] == "RUNNING" and run, timeout=60)
+        assert running, "the probe flow started"
+        assert wait_for(lambda: [e for e in events(api, "prefect.flow-run.heartbeat")], timeout=30), "heartbeats"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    killed = time.monotonic()
+    crashed = wait_for(lambda: (run := the_run()) and run["state_type"] == "CRASHED" and run, timeout=120, every=2)
+    assert crashed, f"still {the_run()['state_type']} {time.monotonic() - killed:.0f}s after the kill"
+    assert "no heartbeat" in crashed["state"]["message"]
+    assert _wait_for(lambda: [m for m in sink.messages if crashed["name"] in m.get("text", "")], timeout=60)
+    (alert,) = [m for m in sink.messages if crashed["name"] in m.get("text", "")]
+    assert "Crashed" in alert["text"] and "drywall-zombie-probe" in alert["text"]
