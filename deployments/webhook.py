@@ -31,8 +31,11 @@ from drywall_core.webhooks import (
     DeliveryBusy,
     DeliveryConflict,
     DeliveryStore,
+    FieldImagesArrived,
+    FieldImagesPolicy,
     SchemaError,
     SignatureError,
+    chunk_keys,
     fingerprint,
     parse_dataset,
     parse_field_images,
@@ -40,9 +43,10 @@ from drywall_core.webhooks import (
 )
 
 log = logging.getLogger("drywall.webhook")
-Emitter = Callable[[str, str, dict[str, Any]], str]
+Emitter = Callable[[str, str, dict[str, Any], str | None], str]
 
 
+MAX_EVENT_BYTES = 1_400_000  # Prefect's server drops events over 1.5 MB (PREFECT_EVENTS_MAXIMUM_SIZE_BYTES)
 EMIT_TIMEOUT_S = 5.0  # well inside the delivery lease, so a slow API cannot cause a double emission
 HEALTH_TIMEOUT_S = 1.0
 
@@ -58,8 +62,8 @@ def prefect_emitter(
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else auth_headers(auth_string)
     client = httpx.Client(base_url=api_url.rstrip("/") + "/", headers=headers, timeout=timeout)
 
-    def emit(event: str, resource_id: str, payload: dict[str, Any]) -> str:
-        event_id = str(uuid.uuid4())
+    def emit(event: str, resource_id: str, payload: dict[str, Any], event_id: str | None = None) -> str:
+        event_id = event_id or str(uuid.uuid4())
         body = [
             {
                 "id": event_id,
@@ -69,16 +73,52 @@ def prefect_emitter(
                 "payload": payload,
             }
         ]
-        r = client.post("events", json=body)
+        encoded = json.dumps(body).encode()
+        if len(encoded) > MAX_EVENT_BYTES:  # the server would drop it without a word: refuse it here
+            raise ValueError(f"event {event} of {len(encoded)} bytes is over Prefect's {MAX_EVENT_BYTES} cap")
+        r = client.post("events", content=encoded, headers={"Content-Type": "application/json"})
         r.raise_for_status()
         return event_id
 
     return emit
 
 
-def create_app(secrets: list[str], store: DeliveryStore, emit: Emitter, health_url: str | None = None) -> FastAPI:
+def event_uuid(delivery: str, part: int) -> str:
+    """The same delivery and part always get the same event id (a retried delivery re-sends them)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"drywall-qa/webhook/{delivery}/{part}"))
+
+
+def field_image_events(f: FieldImagesArrived) -> list[tuple[str, dict[str, Any]]]:
+    """One event per chunk of keys, each far below Prefect's event size cap."""
+    chunks = chunk_keys(f.keys)
+    return [
+        (
+            "drywall.field-images",
+            {
+                "bucket": f.bucket,
+                "keys": keys,
+                "keys_json": json.dumps(keys),
+                "count": len(keys),
+                "part": i + 1,
+                "parts": len(chunks),
+            },
+        )
+        for i, keys in enumerate(chunks)
+    ]
+
+
+def create_app(
+    secrets: list[str],
+    store: DeliveryStore,
+    emit: Emitter,
+    health_url: str | None = None,
+    field_policy: FieldImagesPolicy | None = None,
+) -> FastAPI:
     """The receiver. Storage and emission run in worker threads, so a slow Prefect API delays only
-    its own delivery: other deliveries and ``/healthz`` are answered meanwhile."""
+    its own delivery: other deliveries and ``/healthz`` are answered meanwhile. Field-image keys
+    are checked against ``field_policy`` (the configured bucket and prefix; none configured: every
+    field-images delivery is refused)."""
+    policy = field_policy or FieldImagesPolicy(bucket=None)
     if not any(secrets):
         raise ValueError("no webhook secret: set DRYWALL_WEBHOOK_SECRET")
     app = FastAPI(title="drywall-qa webhook receiver", docs_url=None, redoc_url=None, openapi_url=None)
@@ -110,7 +150,7 @@ def create_app(secrets: list[str], store: DeliveryStore, emit: Emitter, health_u
         request: Request,
         parse: Callable[[bytes], Any],
         event: str,
-        describe: Callable[[Any], tuple[str, dict[str, Any]]],
+        describe: Callable[[Any], list[tuple[str, dict[str, Any]]]],
     ) -> JSONResponse:
         body = await read_limited(request)
         if body is None:
@@ -127,12 +167,16 @@ def create_app(secrets: list[str], store: DeliveryStore, emit: Emitter, health_u
             parsed = parse(body)
         except SchemaError as exc:
             return refuse(422, str(exc), request)
-        resource, payload = describe(parsed)
+        parts = describe(parsed)
 
         def send() -> dict[str, Any]:
-            event_id = emit(event, resource, {**payload, "delivery": delivery})
-            log.info("delivery %s -> %s %s", delivery, event, event_id)
-            return {"event_id": event_id, "event": event, "delivery": delivery}
+            # the delivery is done only once the API took every part; a retry sends the same ids
+            ids = [
+                emit(event, resource, {**payload, "delivery": delivery}, event_uuid(delivery, i))
+                for i, (resource, payload) in enumerate(parts)
+            ]
+            log.info("delivery %s -> %s %s", delivery, event, ", ".join(ids))
+            return {"event_id": ids[0], "event_ids": ids, "event": event, "delivery": delivery}
 
         try:
             outcome = await asyncio.to_thread(store.process, delivery, send, fingerprint(request.url.path, body))
@@ -165,19 +209,16 @@ def create_app(secrets: list[str], store: DeliveryStore, emit: Emitter, health_u
             request,
             parse_dataset,
             "drywall.dataset.published",
-            lambda d: (f"drywall.dataset.{d.workspace}.{d.project}", d.model_dump()),
+            lambda d: [(f"drywall.dataset.{d.workspace}.{d.project}", d.model_dump())],
         )
 
     @app.post("/hooks/field-images")
     async def field_images(request: Request) -> JSONResponse:
         return await handle(
             request,
-            parse_field_images,
+            lambda body: parse_field_images(body, policy),
             "drywall.field-images.arrived",
-            lambda f: (
-                "drywall.field-images",
-                {"bucket": f.bucket, "keys": f.keys, "keys_json": json.dumps(f.keys), "count": len(f.keys)},
-            ),
+            field_image_events,
         )
 
     return app
@@ -194,4 +235,5 @@ def app_from_environment() -> FastAPI:
     emit = prefect_emitter(
         api_url, os.environ.get("PREFECT_API_KEY"), auth_string=os.environ.get("PREFECT_API_AUTH_STRING")
     )
-    return create_app(secrets, store, emit, health_url=api_url.rstrip("/") + "/health")
+    policy = FieldImagesPolicy(bucket=s.s3_bucket, prefix=s.field_images_prefix)
+    return create_app(secrets, store, emit, health_url=api_url.rstrip("/") + "/health", field_policy=policy)

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from drywall_core.config import TrainConfig
-from drywall_core.errors import InputError
+from drywall_core.errors import CheckFailed, InputError
 from drywall_core.features import ActivationCache, SharedCache, cache_items
+from drywall_core.fsutil import check_segment, inside, sha256_file
 from drywall_core.model import LoadedModel
 from drywall_core.snapshots import load_snapshots
 from drywall_core.storage import ArtifactStore
@@ -92,6 +93,7 @@ def train_candidate(
         "uri": f"{store.url}/{staging_key(staging)}".rstrip("/"),
         "snapshots": list(snapshots),
         "model_files": sorted(f.name for f in model_dir.iterdir() if f.is_file()),
+        "model_sha256": {f.name: sha256_file(f) for f in sorted(model_dir.iterdir()) if f.is_file()},
         "overall": paths["overall"],
         "summary": {**result.summary, "cache": {**result.summary["cache"], **cache_stats}},
         "resumed": resumed,
@@ -108,9 +110,14 @@ def candidate_staged(store: ArtifactStore, staging: str) -> bool:
 def fetch_candidate(store: ArtifactStore, staging: str, dest: Path) -> dict[str, Any]:
     """Download a staged candidate (model and reports) to ``dest``; returns the local paths."""
     dest = Path(dest)
-    candidate = json.loads(store.get_bytes(staging_key(staging, CANDIDATE)))
-    for name in candidate["model_files"]:
-        store.get_file(staging_key(staging, f"model/{name}"), dest / "model" / name)
+    key = staging_key(staging, CANDIDATE)
+    candidate = json.loads(store.get_bytes(key))
+    digests = candidate.get("model_sha256")
+    if not isinstance(digests, dict) or sorted(digests) != sorted(candidate.get("model_files", [])):
+        raise CheckFailed(f"{store.url}/{key}: no sha256 for every model file; not a candidate this code staged")
+    for name, digest in digests.items():
+        target = inside(dest / "model", check_segment(name, f"model file of {store.url}/{key}"), "model file")
+        store.get_file(staging_key(staging, f"model/{name}"), target, sha256=str(digest))
     for name in STAGED_FILES:
         if store.exists(staging_key(staging, name)):
             store.get_file(staging_key(staging, name), dest / name)

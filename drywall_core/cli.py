@@ -19,7 +19,8 @@ import pydantic
 import typer
 
 from drywall_core.config import TrainConfig, get_settings, resolve_train_config
-from drywall_core.errors import CheckFailed, DrywallError, InputError, Interrupted
+from drywall_core.errors import CheckFailed, DrywallError, InputError, Interrupted, OutputError
+from drywall_core.fsutil import DISK_FULL, naming_full_disk
 
 app = typer.Typer(
     add_completion=False,
@@ -85,13 +86,15 @@ def validate(
     spec = resolve_dataset(exp, load_registry(s.datasets_file), dataset)
     docs = fresh_docs_dir(report) if report else None
     try:
-        result = validate_export(exp, spec, s, docs_dir=docs)
+        with naming_full_disk(docs or report or export):
+            result = validate_export(exp, spec, s, docs_dir=docs)
     except BaseException:
         if docs:
             shutil.rmtree(docs, ignore_errors=True)  # no half-built Data Docs on an interrupt
         raise
     if report:
-        write_report(result, report)
+        with naming_full_disk(report):
+            write_report(result, report)
     n_img = sum(sp.images for sp in result.splits)
     n_ann = sum(sp.annotations for sp in result.splits)
     if not result.success:
@@ -137,7 +140,8 @@ def split(
         seed=s.split_seed if seed is None else seed,
         val_fraction=s.val_fraction if val_fraction is None else val_fraction,
     )
-    write_plan(plan, out)
+    with naming_full_disk(out):
+        write_plan(plan, out)
     typer.echo(
         f"split: {len(plan.train)} train / {len(plan.val)} val images, "
         f"{len(plan.sources('train'))} / {len(plan.sources('val'))} sources -> {out}"
@@ -176,7 +180,9 @@ def sample(
     """Generate a small synthetic Roboflow-layout export per task (no network needed)."""
     from drywall_core.sources import generate_synthetic
 
-    for name, path in generate_synthetic(out, seed=seed, n_sources=sources, overwrite=overwrite).items():
+    with naming_full_disk(out):
+        made = generate_synthetic(out, seed=seed, n_sources=sources, overwrite=overwrite)
+    for name, path in made.items():
         typer.echo(f"{name}: {path}")
 
 
@@ -201,7 +207,8 @@ def model_init_tiny(
     """Write a tiny random CLIPSeg (small config, real small vocabulary) loadable like the real one."""
     from drywall_core.model import init_tiny
 
-    init_tiny(out, seed=seed)
+    with naming_full_disk(out):
+        init_tiny(out, seed=seed)
     typer.echo(f"tiny CLIPSeg written to {out}")
 
 
@@ -558,7 +565,13 @@ def registry_list() -> None:
         champion = reg.champion_version()
     except CorruptRecord as exc:
         champion, problems = None, [str(exc)]
-    for v in reg.versions():
+    versions = reg.versions()
+    if champion and champion not in versions:
+        problems.append(
+            f"{reg.where(reg.alias_key)}: the champion alias names version '{champion}', which does not exist "
+            "(repair: drywall registry promote VERSION --force)"
+        )
+    for v in versions:
         try:
             m = reg.show(v).get("metrics", {})
         except CorruptRecord as exc:
@@ -567,6 +580,8 @@ def registry_list() -> None:
             continue
         mark = "*" if v == champion else " "
         typer.echo(f"{mark} {v}  mIoU {m.get('miou', float('nan')):.3f}  Dice {m.get('mean_dice', float('nan')):.3f}")
+    for v in reg.incomplete():
+        typer.echo(f"? {v}  incomplete: files without a manifest (a publish cut off, or one under way)")
     if not champion and not problems:
         typer.echo("(no champion)")
     for line in problems:
@@ -671,6 +686,8 @@ def classify(exc: BaseException) -> DrywallError | None:
         return exc
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted("interrupted")
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno in DISK_FULL:
+        return OutputError(f"output: {os.strerror(exc.errno).lower()} (a write failed; nothing was renamed into place)")
     if isinstance(exc, OSError) and exc.filename is not None:
         where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
         return InputError(f"{where}: {exc.strerror or type(exc).__name__}")

@@ -5,17 +5,20 @@ Readers never see half a file, and a crash leaves the previous version (or nothi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from drywall_core.errors import OutputError
+from drywall_core.errors import InputError, OutputError
 
 TEMP_SUFFIX = ".tmp"
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # where a write cannot succeed: exit 2
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -35,14 +38,30 @@ def atomic_open(path: Path, mode: str = "w", file_mode: int | None = None) -> It
         raise OutputError(f"{path.parent}: cannot write here ({exc.strerror or exc})") from None
     os.fchmod(fd, file_mode if file_mode is not None else 0o666 & ~_UMASK)  # mkstemp makes 0600
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+        except OSError as exc:
+            if exc.errno in DISK_FULL:  # a write (or the close that flushes it) found no room
+                raise OutputError(f"{path}: {os.strerror(exc.errno).lower()}") from None
+            raise
         try:
             os.replace(tmp, path)
         except OSError as exc:
             raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def naming_full_disk(path: Path) -> Iterator[None]:
+    """Writes by a library (PIL, safetensors, GX) name no file when the disk fills: name the output."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL and exc.filename is None:
+            raise OutputError(f"{path}: {os.strerror(exc.errno).lower()}") from None
         raise
 
 
@@ -90,3 +109,46 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME = 1024
+
+
+def check_relative(name: object, what: str) -> str:
+    """A relative path that came from outside (an S3 key, a file name in a manifest or an export).
+
+    Refused by name unless it is plain: a non-empty string of at most 1024 characters, without
+    control characters (NUL, escapes), backslashes or a leading ``/``, and without an empty, ``.``
+    or ``..`` segment. Checked where the name enters, before any path or key is built from it.
+    """
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{what}: {name!r} is not a name")
+    shown = name[:80].encode("unicode_escape").decode()
+    if len(name) > MAX_NAME:
+        raise InputError(f"{what} '{shown}...': longer than {MAX_NAME} characters")
+    if _CONTROL.search(name):
+        raise InputError(f"{what} '{shown}': holds a control character")
+    if name.startswith("/") or "\\" in name:
+        raise InputError(f"{what} '{shown}': an absolute path or a backslash; a relative name is expected")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise InputError(f"{what} '{shown}': an empty, '.' or '..' path segment")
+    return name
+
+
+def check_segment(name: object, what: str) -> str:
+    """One path segment from outside (a file name of a model version, a staging id): no ``/`` either."""
+    check_relative(name, what)
+    if "/" in str(name):
+        raise InputError(f"{what} '{name}': one file name is expected, not a path")
+    return str(name)
+
+
+def inside(root: Path, name: object, what: str) -> Path:
+    """``root / name`` for a name from outside, refused unless it stays inside ``root`` (symlinks too)."""
+    check_relative(name, what)
+    base = Path(root).resolve()
+    path = (base / str(name)).resolve()
+    if not path.is_relative_to(base):
+        raise InputError(f"{what} '{name}': resolves outside {base}")
+    return path

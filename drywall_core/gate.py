@@ -54,13 +54,46 @@ def shadow_lines(shadow: dict[str, Any] | None, cfg: GateConfig) -> tuple[list[s
     return refusals, notes
 
 
+CLAIM_TOLERANCE = 0.01  # mIoU/Dice: another host, device or kernel may round differently, never by more
+
+
+def claim_mismatches(claimed: dict[str, Any], measured: dict[str, Any], tol: float = CLAIM_TOLERANCE) -> list[str]:
+    """Where the metrics a run reports differ from what the gate measured itself on the same images."""
+    try:
+        said = _per_prompt(claimed)
+    except (KeyError, TypeError, AttributeError):
+        return ["the run's metrics file is not in evaluate() format; its claims cannot be checked"]
+    found = _per_prompt(measured)
+    lines = []
+    for prompt in sorted(set(said) | set(found)):
+        if prompt not in said or prompt not in found:
+            lines.append(f"'{prompt}': the run's metrics and the gate's measurement cover different prompts")
+            continue
+        for key, label in (("miou", "mIoU"), ("mean_dice", "mean Dice")):
+            a, b = said[prompt][key], found[prompt][key]
+            if not isinstance(a, int | float) or abs(a - b) > tol:
+                lines.append(
+                    f"'{prompt}': the run claims {label} {a if not isinstance(a, int | float) else f'{a:.3f}'}, "
+                    f"the gate measured {b:.3f} on the same images: claimed metrics refused"
+                )
+    return lines
+
+
 def decide(
-    candidate: dict[str, Any], champion: dict[str, Any] | None, cfg: GateConfig, shadow: dict[str, Any] | None = None
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    cfg: GateConfig,
+    shadow: dict[str, Any] | None = None,
+    claimed: dict[str, Any] | None = None,
 ) -> GateDecision:
-    """Judge evaluation metrics (``evaluate()`` format) of a candidate against the champion's."""
+    """Judge evaluation metrics (``evaluate()`` format) of a candidate against the champion's.
+
+    ``candidate`` is what the gate measured itself; ``claimed``, what the candidate's run reported
+    (its ``eval/metrics.json``): a claim the measurement does not bear out refuses the candidate.
+    """
     cand = _per_prompt(candidate)
     champ = _per_prompt(champion) if champion else {}
-    reasons: list[str] = []
+    reasons: list[str] = claim_mismatches(claimed, candidate) if claimed is not None else []
     rows = []
     for prompt, m in sorted(cand.items()):
         c = champ.get(prompt)

@@ -1,7 +1,9 @@
 """Publish a run of `drywall train` through the promotion gate, as the retrain flow does.
 
-The champion is evaluated on the run's own validation images (the exports and split recorded in
-``run.json`` when the run was trained), the gate decides on both sets of metrics, the run's model
+The candidate and the champion are evaluated by the gate itself on the run's own validation images
+(the exports and split recorded in ``run.json`` when the run was trained); the run's
+``eval/metrics.json`` is only a claim, refused by name when the measurement does not bear it out.
+The gate decides on both measurements, the run's model
 is published as a new immutable version either way, and :meth:`ModelRegistry.settle` moves the
 champion (compare-and-swap) or records the refusal.
 """
@@ -55,21 +57,23 @@ def publish_run(
         raise InputError(f"{run_dir}: not a finished `drywall train` run (model/manifest.json, eval/metrics.json)")
     inputs_file = run_dir / RUN_INPUTS
     inputs = json.loads(inputs_file.read_text()) if inputs_file.is_file() else {}
+    if not exports and not inputs.get("exports"):
+        raise InputError(f"{inputs_file}: missing; pass --export so the gate measures the run on known images")
+    recorded = not exports  # the run's own data and split, unless the caller names other exports
+    s = settings.model_copy(update={k: inputs[k] for k in ("split_seed", "val_fraction") if recorded and k in inputs})
+    paths = [Path(e) for e in inputs["exports"]] if recorded else list(exports)
+    samples, specs = collect_samples(paths, s, inputs.get("datasets") if recorded else None)
+    val = [x for x in samples if x.side == "val"]
+    # the gate's own measurement: a metrics file is a claim, checked against it, never believed
+    measured = evaluate(load_model(artifact), val, specs, progress=False)
     current = reg.champion()
     champion_metrics = None
     if current:
-        if not exports and not inputs.get("exports"):
-            raise InputError(f"{inputs_file}: missing; pass --export so the champion is judged on the same images")
-        recorded = not exports  # the run's own data and split, unless the caller names other exports
-        s = settings.model_copy(
-            update={k: inputs[k] for k in ("split_seed", "val_fraction") if recorded and k in inputs}
-        )
-        paths = [Path(e) for e in inputs["exports"]] if recorded else list(exports)
-        samples, specs = collect_samples(paths, s, inputs.get("datasets") if recorded else None)
         with tempfile.TemporaryDirectory() as tmp:
             champion = load_model(reg.download(current[0]["version"], Path(tmp) / "champion"))
-            champion_metrics = evaluate(champion, [x for x in samples if x.side == "val"], specs, progress=False)
-    decision = decide(json.loads(metrics_file.read_text()), champion_metrics, settings.gate).to_dict()
+            champion_metrics = evaluate(champion, val, specs, progress=False)
+    claimed = json.loads(metrics_file.read_text())
+    decision = decide(measured, champion_metrics, settings.gate, claimed=claimed).to_dict()
     record = reg.publish(artifact, extra={"gate": decision, "run_dir": str(run_dir.resolve()), "reason": reason})
     outcome = reg.settle(record["version"], current[1] if current else None, decision)
     return Published(record["version"], decision, outcome)

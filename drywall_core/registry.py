@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from drywall_core.errors import CheckFailed, InputError
-from drywall_core.model import MANIFEST_FILE, read_manifest
+from drywall_core.fsutil import check_segment, inside
+from drywall_core.model import DECODER_FILE, MANIFEST_FILE, read_manifest
 from drywall_core.model_card import CARD_FILE, render_card
 from drywall_core.storage import ArtifactStore, Conflict, IntegrityError, NotFound, sha256_bytes, sha256_file
 
@@ -48,6 +49,7 @@ class ModelRegistry:
 
     # keys
     def version_key(self, version: str, file: str = "") -> str:
+        check_segment(version, "model version")
         return f"{self.root}/versions/{version}/{file}".rstrip("/")
 
     @property
@@ -101,6 +103,12 @@ class ModelRegistry:
         keys = self.store.list(f"{self.root}/versions/")
         return sorted(k.split("/")[-2] for k in keys if k.endswith(suffix))
 
+    def incomplete(self) -> list[str]:
+        """Version folders holding files but no manifest: a publish cut off (or still uploading)."""
+        prefix = f"{self.root}/versions/"
+        folders = {k[len(prefix) :].split("/", 1)[0] for k in self.store.list(prefix) if "/" in k[len(prefix) :]}
+        return sorted(folders - set(self.versions()))
+
     def where(self, key: str) -> str:
         return f"{self.store.url}/{key}"
 
@@ -121,14 +129,25 @@ class ModelRegistry:
             data = self.store.get_bytes(key)
         except NotFound:
             raise InputError(f"model '{self.name}' has no version '{version}'") from None
-        return self._record(key, data, ("files",))
+        record = self._record(key, data, ("files",))
+        files = record["files"]
+        if not isinstance(files, dict) or not all(isinstance(d, str) and len(d) == 64 for d in files.values()):
+            raise CorruptRecord(f"{self.where(key)}: 'files' is not a map of file name to sha256")
+        for name in files:
+            try:
+                check_segment(name, "file name")
+            except InputError as exc:
+                raise CorruptRecord(f"{self.where(key)}: {exc}") from None
+        if DECODER_FILE not in files:
+            raise CorruptRecord(f"{self.where(key)}: the version lists no {DECODER_FILE}; not a model version")
+        return record
 
     def verify(self, version: str) -> dict[str, Any]:
         """Every file of the version is present with its recorded sha256 (downloads and hashes)."""
         record = self.show(version)
         with tempfile.TemporaryDirectory() as tmp:
             for name, digest in record["files"].items():
-                self.store.get_file(self.version_key(version, name), Path(tmp) / name, digest)
+                self.store.get_file(self.version_key(version, name), inside(Path(tmp), name, "file name"), digest)
         return record
 
     def download(self, version: str, dest: Path) -> Path:
@@ -137,7 +156,7 @@ class ModelRegistry:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         for name, digest in record["files"].items():
-            self.store.get_file(self.version_key(version, name), dest / name, digest)
+            self.store.get_file(self.version_key(version, name), inside(dest, name, "file name"), digest)
         (dest / MANIFEST_FILE).write_text(json.dumps(record, indent=2))
         return dest
 

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,12 +87,32 @@ def ref_of(dataset: str, sid: str) -> str:
     return f"{dataset}/{sid}"
 
 
+DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+IMAGE_EXT = re.compile(r"\.[a-z0-9]{1,8}")
+
+
 def parse_ref(ref: str) -> tuple[str, str]:
     """``<dataset>/<snapshot id>`` -> (dataset, id); anything else is refused by name."""
     name, _, sid = str(ref).partition("/")
-    if not name or len(sid) != 64 or any(c not in "0123456789abcdef" for c in sid):
-        raise InputError(f"'{ref}': a snapshot reference is <dataset>/<64 hex digit snapshot id>")
+    if not DATASET_NAME.fullmatch(name) or not SHA256.fullmatch(sid):
+        shown = str(ref)[:120].encode("unicode_escape").decode()
+        raise InputError(f"'{shown}': a snapshot reference is <dataset name>/<64 hex digit snapshot id>")
     return name, sid
+
+
+def check_entry(entry: Any, where: str) -> dict[str, Any]:
+    """One image entry of a snapshot manifest, before a path or key is built from it."""
+    if not isinstance(entry, dict):
+        raise CheckFailed(f"{where}: an image entry is not an object")
+    for field in ("sha256", "mask_sha256"):
+        if not isinstance(entry.get(field), str) or not SHA256.fullmatch(entry[field]):
+            raise CheckFailed(f"{where}: image entry {field} {str(entry.get(field))[:80]!r} is not a sha256")
+    if not isinstance(entry.get("ext"), str) or not IMAGE_EXT.fullmatch(entry["ext"]):
+        raise CheckFailed(f"{where}: image entry ext {str(entry.get('ext'))[:80]!r} is not a file extension")
+    if entry.get("side") not in ("train", "val"):
+        raise CheckFailed(f"{where}: image entry side {str(entry.get('side'))[:40]!r} is not train or val")
+    return entry
 
 
 def snapshot_key(ref: str, name: str = MANIFEST) -> str:
@@ -185,9 +206,25 @@ def read_manifest(store: ArtifactStore, ref: str) -> dict[str, Any]:
         manifest = json.loads(store.get_bytes(key))
     except json.JSONDecodeError as exc:
         raise CheckFailed(f"{store.url}/{key}: not a snapshot manifest ({exc.msg})") from None
-    if snapshot_id(manifest.get("images", [])) != parse_ref(ref)[1]:
+    images = manifest.get("images") if isinstance(manifest, dict) else None
+    if not isinstance(images, list):
+        raise CheckFailed(f"{store.url}/{key}: not a snapshot manifest (no image list)")
+    for entry in images:
+        check_entry(entry, f"{store.url}/{key}")
+    if snapshot_id(images) != parse_ref(ref)[1]:
         raise CheckFailed(f"{store.url}/{key}: content does not match snapshot id {parse_ref(ref)[1][:16]}")
     return manifest
+
+
+def _verified_blob(path: Path, sha: str) -> bool:
+    """A blob this host holds is used only if its bytes still match its name; else it is fetched again."""
+    if not path.is_file():
+        return False
+    if sha256_file(path) == sha:
+        return True
+    log.warning("%s: bytes do not match its sha256 (corrupted on this host); fetching it again", path)
+    path.unlink(missing_ok=True)
+    return False
 
 
 def blob_path(home: Path, sha: str, ext: str) -> Path:
@@ -216,9 +253,9 @@ def fetch_snapshot(
             (image, f"images/{e['sha256']}{e['ext']}", e["sha256"]),
             (mask, f"masks/{e['mask_sha256']}.png", e["mask_sha256"]),
         ):
-            distinct.add(path)
-            if not path.is_file():
+            if path not in distinct and not _verified_blob(path, sha):
                 jobs[path] = (base + key, sha)
+            distinct.add(path)
         samples.append(Sample(image, mask, spec.name, e["side"], e["source"], e["sha256"]))
     bar = tqdm(total=len(jobs), desc=f"fetch {ref[:24]}", unit="file", disable=None if progress else True)
     with bar, ThreadPoolExecutor(8) as pool:

@@ -25,6 +25,8 @@ from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from drywall_core.errors import InputError
+from drywall_core.fsutil import check_relative
 from drywall_core.procs import pid_alive
 
 REPLAY_WINDOW_S = 300
@@ -127,8 +129,56 @@ def parse_dataset(body: bytes) -> DatasetPublished:
         raise SchemaError(_first_error(exc)) from None
 
 
-def parse_field_images(body: bytes) -> FieldImagesArrived:
-    """``{"bucket", "keys"}`` or an S3 event notification (``{"Records": [...]}``, keys URL-encoded)."""
+@dataclass(frozen=True)
+class FieldImagesPolicy:
+    """What a field-images delivery may name: the configured bucket, keys under the field-images prefix."""
+
+    bucket: str | None
+    prefix: str = "field-images/"
+
+
+def check_field_images(f: FieldImagesArrived, policy: FieldImagesPolicy) -> FieldImagesArrived:
+    """Every key a plain relative key under the prefix, in the configured bucket; else refused by name."""
+    if policy.bucket is None:
+        raise SchemaError("no S3 bucket is configured here (DRYWALL_S3_BUCKET): field images cannot be taken")
+    if f.bucket != policy.bucket:
+        raise SchemaError(f"bucket '{f.bucket}' is not the configured bucket '{policy.bucket}'")
+    for key in f.keys:
+        try:
+            check_relative(key, "S3 key")
+        except InputError as exc:
+            raise SchemaError(str(exc)) from None
+        if not key.startswith(policy.prefix):
+            raise SchemaError(f"S3 key '{key[:200]}' is outside the field-images prefix '{policy.prefix}'")
+    return f
+
+
+EVENT_KEYS_BYTES = 300_000  # keys per event: the payload carries them twice (list and JSON), well under the cap
+
+
+def chunk_keys(keys: list[str], max_bytes: int = EVENT_KEYS_BYTES) -> list[list[str]]:
+    """Split a key list so that every event stays far below Prefect's event size cap (1.5 MB), which
+    the server enforces by dropping the event without an error: 8,000 keys in one event vanished."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for key in keys:
+        cost = len(json.dumps(key)) + 2
+        if chunks[-1] and size + cost > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(key)
+        size += cost
+    return chunks
+
+
+def parse_field_images(body: bytes, policy: FieldImagesPolicy | None = None) -> FieldImagesArrived:
+    """``{"bucket", "keys"}`` or an S3 event notification (``{"Records": [...]}``, keys URL-encoded),
+    checked against ``policy`` (the receiver always gives one; decoding alone is tested without)."""
+    parsed = _parse_field_images(body)
+    return check_field_images(parsed, policy) if policy is not None else parsed
+
+
+def _parse_field_images(body: bytes) -> FieldImagesArrived:
     data = _json(body)
     try:
         if isinstance(data, dict) and "Records" in data:

@@ -126,9 +126,11 @@ def retrain(
     result = fetch_candidate_task(staging, str(work / "candidate"))
 
     champion = fetch_champion_task(str(work / "champion"))
+    # both models measured here, on the same held-out images: the staged metrics are only a claim
+    measured = evaluate_task(result["artifact"], snapshots, str(work / "candidate-eval"))
     champ_metrics = evaluate_task(champion["path"], snapshots, str(work / "champion-eval")) if champion else None
     shadow = shadow_task(result["artifact"], champion, str(work / "shadow"))
-    decision = gate_task(result["metrics"], champ_metrics, shadow)
+    decision = gate_task(measured, champ_metrics, shadow, claimed_metrics=result["metrics"])
     lineage = [{k: r.get(k) for k in ("dataset", "snapshot", "uri", "counts", "source", "validation")} for r in records]
     record = publish_task(
         result["artifact"],

@@ -13,6 +13,7 @@ from prefect.tasks import exponential_backoff
 from drywall_core import drift as d
 from drywall_core.config import get_settings
 from drywall_core.errors import CheckFailed
+from drywall_core.fsutil import inside
 from drywall_core.monitoring import record_drift
 from drywall_core.storage import S3Store, s3_client
 from tasks.artifacts import link, markdown, upload_report
@@ -25,8 +26,10 @@ def fetch_s3_images_task(bucket: str, keys: list[str] | None, prefix: str | None
     s = get_settings()
     store = S3Store(bucket, "", s3_client(s.s3_endpoint_url, s.s3_region, addressing_style=s.s3_addressing_style))
     wanted = keys or [k for k in store.list(prefix or "") if Path(k).suffix.lower() in d.IMAGE_EXTENSIONS]
-    for key in wanted:
-        store.get_file(key, Path(dest) / key)
+    # every key is checked before anything is fetched: a key that would land outside dest is refused
+    targets = [(key, inside(Path(dest), key, f"S3 key of s3://{bucket}")) for key in wanted]
+    for key, target in targets:
+        store.get_file(key, target)
     get_run_logger().info("fetched %d field images from s3://%s", len(wanted), bucket)
     return dest
 

@@ -35,13 +35,18 @@ def fetch_champion_task(dest: str) -> dict[str, Any] | None:
 
 @task
 def gate_task(
-    candidate_metrics: str, champion_metrics: str | None, shadow: dict[str, Any] | None = None
+    candidate_metrics: str,
+    champion_metrics: str | None,
+    shadow: dict[str, Any] | None = None,
+    claimed_metrics: str | None = None,
 ) -> dict[str, Any]:
+    """``candidate_metrics``: measured on this host; ``claimed_metrics``: what the training run staged."""
     decision = decide(
         read_metrics(candidate_metrics),
         read_metrics(champion_metrics) if champion_metrics else None,
         get_settings().gate,
         shadow,
+        claimed=read_metrics(claimed_metrics) if claimed_metrics else None,
     )
     get_run_logger().info("gate: %s (%s)", "PROMOTE" if decision.promote else "REFUSE", "; ".join(decision.reasons))
     return decision.to_dict()

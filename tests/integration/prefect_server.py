@@ -34,13 +34,16 @@ def http_ok_within(url: str, timeout: float) -> bool:
 class PrefectServer:
     """``prefect server start``; with ``auth_string`` (``user:password``) its API demands basic auth.
 
-    ``env()`` serves the server and its clients alike: the server reads
-    ``PREFECT_SERVER_API_AUTH_STRING``, clients (CLI, workers, flows) ``PREFECT_API_AUTH_STRING``.
+    ``database_url``: PostgreSQL instead of SQLite under ``home``. ``env()`` serves the server and its
+    clients alike: the server reads ``PREFECT_SERVER_API_AUTH_STRING``, clients (CLI, workers, flows)
+    ``PREFECT_API_AUTH_STRING``.
     """
 
-    def __init__(self, home: Path, port: int | None = None, auth_string: str | None = None) -> None:
+    def __init__(
+        self, home: Path, port: int | None = None, auth_string: str | None = None, database_url: str | None = None
+    ) -> None:
         self.home, self.port = Path(home), port or free_port()
-        self.auth_string = auth_string
+        self.auth_string, self.database_url = auth_string, database_url
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -68,6 +71,8 @@ class PrefectServer:
         }
         if self.auth_string:
             env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"] = self.auth_string
+        if self.database_url:  # kept, so a restarted server finds its database again
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         return env
 
     def start(self, timeout: float = 120) -> PrefectServer:

@@ -77,11 +77,8 @@ def postgres():
 
 @pytest.fixture(scope="module")
 def server(postgres, tmp_path_factory):
-    os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.url
-    try:
-        srv = PrefectServer(tmp_path_factory.mktemp("prefect-pg"), auth_string=AUTH).start(timeout=180)
-    finally:
-        del os.environ["PREFECT_API_DATABASE_CONNECTION_URL"]
+    home = tmp_path_factory.mktemp("prefect-pg")
+    srv = PrefectServer(home, auth_string=AUTH, database_url=postgres.url).start(timeout=180)
     yield srv
     srv.stop()
 

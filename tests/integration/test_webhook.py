@@ -66,6 +66,7 @@ def stack(tmp_path_factory):
         "DRYWALL_REPO": str(REPO),
         "DRYWALL_HOME": str(tmp / "home"),
         "DRYWALL_WEBHOOK_SECRET": SECRET,
+        "DRYWALL_S3_BUCKET": "field",  # the receiver takes field images of this bucket, under field-images/
         "DRYWALL_ALERT_WEBHOOK_URL": sink.url,
     }
     for cmd in (
@@ -198,7 +199,7 @@ def test_s3_notification_triggers_drift_and_field_predictions(stack) -> None:
         "Records": [
             {
                 "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": "field"}, "object": {"key": "site+7/img%231.jpg"}},
+                "s3": {"bucket": {"name": "field"}, "object": {"key": "field-images/site+7/img%231.jpg"}},
             }
         ]
     }
@@ -207,7 +208,25 @@ def test_s3_notification_triggers_drift_and_field_predictions(stack) -> None:
     for deployment in ("drift/drift-daily", "predict-field/predict-field"):
         runs = wait_for(lambda d=deployment: flow_runs(stack["api"], d), timeout=60)
         assert runs and runs[0]["parameters"]["bucket"] == "field", deployment
-        assert json.loads(runs[0]["parameters"]["keys"]) == ["site 7/img#1.jpg"]
+        assert json.loads(runs[0]["parameters"]["keys"]) == ["field-images/site 7/img#1.jpg"]
+
+
+@pytest.mark.parametrize(
+    "bucket, key, why",
+    [
+        ("field", "/tmp/x/E.jpg", "absolute path"),
+        ("field", "field-images/../../E.jpg", "'..' path segment"),
+        ("field", "field-images/a\u0000.jpg", "control character"),
+        ("field", "models/clipseg-drywall/aliases/champion.json", "outside the field-images prefix"),
+        ("elsewhere", "field-images/a.jpg", "not the configured bucket"),
+    ],
+)
+def test_hostile_field_image_keys_are_422_naming_the_key(stack, bucket: str, key: str, why: str) -> None:
+    body = json.dumps({"bucket": bucket, "keys": [key]}).encode()
+    r = post(stack["url"], "/hooks/field-images", body)
+    assert r.status_code == 422 and why in r.json()["error"], r.text
+    if bucket == "field":
+        assert key.split("/")[-1].replace("\x00", "") in r.json()["error"].replace("\\x00", ""), r.text
 
 
 @pytest.mark.parametrize("case", ["no-signature", "wrong-signature", "wrong-secret", "stale", "future"])
@@ -251,7 +270,7 @@ def test_concurrent_deliveries_exactly_one_event_each(stack) -> None:
     jobs = ids + ids  # 80 deliveries, each id twice
 
     def send(delivery: str) -> httpx.Response:
-        body = json.dumps({"bucket": "burst", "keys": [f"{delivery}.jpg"]}).encode()
+        body = json.dumps({"bucket": "field", "keys": [f"field-images/{delivery}.jpg"]}).encode()
         return post(stack["url"], "/hooks/field-images", body, delivery=delivery)
 
     with ThreadPoolExecutor(16) as pool:
@@ -264,7 +283,9 @@ def test_concurrent_deliveries_exactly_one_event_each(stack) -> None:
 
     def burst_events() -> list[dict]:
         return [
-            e for e in events(stack["api"], "drywall.field-images.arrived") if e["payload"].get("bucket") == "burst"
+            e
+            for e in events(stack["api"], "drywall.field-images.arrived")
+            if str(e["payload"].get("delivery", "")).startswith("burst-")
         ]
 
     wait_for(lambda: len(burst_events()) >= 40, timeout=30)

@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 
 from deployments.webhook import create_app, prefect_emitter
-from drywall_core.webhooks import DeliveryStore, sign
+from drywall_core.webhooks import DeliveryStore, FieldImagesPolicy, sign
 
 pytestmark = pytest.mark.integration
 SECRET = "whsec-faults-1b2c"
@@ -37,6 +37,7 @@ class FakePrefect:
     def __init__(self) -> None:
         self.delay = 0.0
         self.events: list[dict] = []
+        self.fail_after: int | None = None  # answer 500 once this many events were taken
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,6 +57,9 @@ class FakePrefect:
             def do_POST(self) -> None:
                 data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 time.sleep(outer.delay)
+                if outer.fail_after is not None and len(outer.events) >= outer.fail_after:
+                    self._answer(500)
+                    return
                 outer.events += data
                 self.send_response(204)
                 self.end_headers()
@@ -69,7 +73,8 @@ class FakePrefect:
 def receiver(tmp_path: Path):
     api = FakePrefect()
     store = DeliveryStore(tmp_path / "deliveries.sqlite", wait_s=1.0, lease_s=30.0)
-    app = create_app([SECRET], store, prefect_emitter(api.url), health_url=f"{api.url}/health")
+    policy = FieldImagesPolicy(bucket="field-images", prefix="")
+    app = create_app([SECRET], store, prefect_emitter(api.url), health_url=f"{api.url}/health", field_policy=policy)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -213,3 +218,38 @@ def test_hostile_headers_are_refused_never_500(receiver) -> None:
         status = raw.recv(100).split(b" ")[1]
     assert status in (b"400", b"413"), status
     assert receiver["api"].events == []
+
+
+def test_a_large_key_list_becomes_several_events_none_over_the_cap(receiver) -> None:
+    """8,000 keys (about 900 KB, under the receiver's 1 MiB limit) in one event were 1.8 MB: Prefect's
+    server drops such an event without an error. Split into parts, every key arrives, once."""
+    keys = [f"site-{i % 40:02d}/day-{i // 40:03d}/IMG_{i:06d}_{'x' * 80}.jpg" for i in range(8000)]
+    body = json.dumps({"bucket": "field-images", "keys": keys}).encode()
+    assert 800_000 < len(body) < 1 << 20
+    r = post(receiver["url"], "/hooks/field-images", body, "big-1")
+    assert r.status_code == 202, r.text
+    events = receiver["api"].events
+    assert len(events) == len(r.json()["event_ids"]) >= 2
+    assert all(len(json.dumps(e)) < 1_500_000 for e in events), "every event under Prefect's cap"
+    assert [k for e in events for k in e["payload"]["keys"]] == keys, "every key, in order, once"
+    assert [e["payload"]["part"] for e in events] == list(range(1, len(events) + 1))
+    assert all(json.loads(e["payload"]["keys_json"]) == e["payload"]["keys"] for e in events)
+    again = post(receiver["url"], "/hooks/field-images", body, "big-1")
+    assert again.status_code == 200 and again.json()["event_ids"] == r.json()["event_ids"]
+    assert len(receiver["api"].events) == len(events), "nothing emitted twice"
+
+
+def test_a_delivery_is_done_only_once_every_part_is_accepted(receiver) -> None:
+    """The API fails on the second part: 503, the delivery stays open, the retry sends the same ids."""
+    keys = [f"k/{i:06d}_{'y' * 100}.jpg" for i in range(6000)]
+    body = json.dumps({"bucket": "field-images", "keys": keys}).encode()
+    receiver["api"].fail_after = 1
+    first = post(receiver["url"], "/hooks/field-images", body, "flaky-1")
+    assert first.status_code == 503, first.text
+    sent_before = [e["id"] for e in receiver["api"].events]
+    receiver["api"].fail_after = None
+    retry = post(receiver["url"], "/hooks/field-images", body, "flaky-1")
+    assert retry.status_code == 202, retry.text
+    ids = retry.json()["event_ids"]
+    assert ids[: len(sent_before)] == sent_before, "parts already sent keep their ids (the API dedupes by id)"
+    assert len({e["id"] for e in receiver["api"].events}) == len(ids)

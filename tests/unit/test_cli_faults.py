@@ -231,3 +231,48 @@ def test_offline_base_model_fails_in_one_line(cli, tmp_path: Path, monkeypatch) 
     assert r.code == 2 and "unexpected" not in r.err
     errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "HF_HUB_OFFLINE is set" in errors[0] and "DRYWALL_BASE_MODEL" in errors[0], r.err
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 64 KiB tmpfs, mounted in a private mount namespace of this test run (root only)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "none", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_is_named_for_every_command_that_writes(
+    cli, full_disk: Path, synthetic_cracks: Path, tiny_model_dir: Path, photo: Path
+) -> None:
+    """ENOSPC is a classified fault: exit 2, the path and 'no space left on device', no temporary
+    file left behind (never "unexpected OSError ... (a bug)")."""
+    big = full_disk / "filler"
+    big.write_bytes(b"\0" * (60 * 1024))  # leave a few KiB: a command gets going, then the disk is full
+    cases = {
+        "masks": ["masks", synthetic_cracks, "--out", full_disk / "masks", "--workers", "1"],
+        "predict": ["predict", photo, "--prompt", "segment crack", "--model", tiny_model_dir, "--out", full_disk / "p"],
+        "sample": ["sample", "--out", full_disk / "sample"],
+        "model init-tiny": ["model", "init-tiny", full_disk / "tiny"],
+        "split": ["split", synthetic_cracks, "--out", full_disk / "split.json"],
+        "validate --report": ["validate", synthetic_cracks, "--report", full_disk / "report.json"],
+    }
+    for name, args in cases.items():
+        r = cli(*map(str, args))
+        assert r.code == 2, f"{name}: exit {r.code}\n{r.err}"
+        assert "no space left on device" in r.err.lower(), f"{name}: {r.err}"
+        assert "unexpected" not in r.err and "a bug" not in r.err, f"{name}: {r.err}"
+        assert str(full_disk) in r.err, f"{name} names the path: {r.err}"
+        assert not _leftovers(full_disk), f"{name} left {_leftovers(full_disk)}"

@@ -229,6 +229,30 @@ def test_registry_publish_judges_a_train_run_like_the_flow(cli, trained: Path, m
     assert not_a_run.code == 2 and "not a finished `drywall train` run" in not_a_run.err
 
 
+def test_registry_publish_refuses_edited_metrics(cli, trained: Path, tmp_path: Path, monkeypatch) -> None:
+    """A run's eval/metrics.json is a claim: the gate measures the model itself and refuses a lie by name."""
+    import shutil
+
+    from drywall_core.registry import ModelRegistry
+    from drywall_core.storage import LocalStore
+
+    monkeypatch.setenv("DRYWALL_GATE__MIN_MIOU", "0")
+    monkeypatch.setenv("DRYWALL_GATE__MIN_DICE", "0")
+    forged = tmp_path / "forged-run"
+    shutil.copytree(trained, forged)
+    metrics = json.loads((forged / "eval" / "metrics.json").read_text())
+    for d in metrics["datasets"].values():
+        d["miou"], d["mean_dice"] = 0.91, 0.93
+    (forged / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    r = cli("registry", "publish", forged)
+    assert r.code == 1, r.out + r.err
+    assert "the run claims mIoU 0.910, the gate measured" in r.out + r.err and "claimed metrics refused" in r.out
+    reg = ModelRegistry(LocalStore(Path(os.environ["DRYWALL_HOME"]) / "registry"), "clipseg-drywall")
+    assert reg.champion_version() is None, "never promoted on a forged claim"
+    (refusal,) = reg.audit_log()
+    assert refusal["action"] == "refuse" and any("claimed metrics refused" in x for x in refusal["decision"]["reasons"])
+
+
 def test_train_shows_progress_for_every_stage(tiny_model_dir: Path, synthetic_exports, tmp_path: Path) -> None:
     """In a terminal, `drywall train` shows each stage: masks, split, activation cache, epochs, evaluation."""
     import fcntl

@@ -116,3 +116,18 @@ def test_every_version_carries_a_model_card(cli, registry) -> None:
     assert "Not recorded (published from a local run folder)" in r.out, "says what it does not know"
     (reg.store.root / reg.version_key("v3", "MODEL_CARD.md")).write_text("# forged")
     assert "checksum" in cli("registry", "promote", "v3").err, "the card is verified like every other file"
+
+
+def test_list_names_a_champion_that_does_not_exist_and_cut_publishes(cli, registry) -> None:
+    """An alias naming a missing version is not 'nothing to show': it is named, exit 1; a version
+    folder without its manifest (a publish cut off) is listed as incomplete."""
+    reg, _ = registry
+    assert cli("registry", "promote", "v2").code == 0
+    alias = json.loads(reg.store.get_bytes(reg.alias_key))
+    reg.store.put_bytes(reg.alias_key, json.dumps({**alias, "version": "v9-gone"}).encode())
+    reg.store.put_bytes(reg.version_key("v4-cut", "decoder.safetensors"), b"half a publish")
+    listed = cli("registry", "list")
+    assert listed.code == 1, listed.out + listed.err
+    assert "the champion alias names version 'v9-gone', which does not exist" in listed.err
+    assert "? v4-cut  incomplete" in listed.out
+    assert [ln.split()[0] for ln in listed.out.splitlines()[:3]] == ["v1", "v2", "v3"], "no champion mark"
