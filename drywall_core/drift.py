@@ -30,7 +30,7 @@ from drywall_core.fsutil import atomic_open, atomic_write_text
 from drywall_core.images import decode_rgb, displayed_size, open_rgb
 from drywall_core.procs import imap_processes
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 FEATURE_SIZE = 256  # texture features on a FEATURE_SIZE x FEATURE_SIZE copy
 IMAGE_FEATURES = [
     "brightness_mean",

@@ -30,6 +30,30 @@ def displayed_size(im: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block means "as stored"
+        return 1
+
+
+def upright(image: Path, folder: Path) -> Path:
+    """``image`` as displayed: an EXIF-rotated photo is written upright (no orientation tag) into
+    ``folder``; any other is returned as it is. Whoever receives the photo (Roboflow) then sees the
+    same pixels, at the same size, as the masks and polygons made from it."""
+    with Image.open(image) as im:
+        if _orientation(im) in (1, 0):
+            return Path(image)
+        turned = ImageOps.exif_transpose(im)
+        exif = turned.getexif()
+        exif.pop(0x0112, None)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        out = Path(folder) / Path(image).name
+        fmt = im.format or "JPEG"
+        turned.save(out, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+        return out
+
+
 def check_pixels(im: Image.Image, max_pixels: int) -> None:
     w, h = im.size
     if w * h > max_pixels:

@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from scipy import ndimage
 
 from drywall_core.errors import DrywallError, InputError
 from drywall_core.fsutil import atomic_write_text
+from drywall_core.images import displayed_size, upright
 from drywall_core.sources.roboflow_pull import Redacting, point_sdk_at, redact, with_retries
 from drywall_core.storage import ArtifactStore, NotFound
 
@@ -231,9 +233,10 @@ class RoboflowProjectClient:
 
 
 def annotation_for(item: QueueItem, label: str) -> dict:
+    """The COCO pre-annotation, in the photo's displayed orientation (like the mask and the upload)."""
     mask = np.asarray(Image.open(item.mask)) > 0
     with Image.open(item.image) as im:
-        width, height = im.size
+        width, height = displayed_size(im)
     if mask.shape != (height, width):
         raise InputError(f"{item.mask}: mask is {mask.shape[1]}x{mask.shape[0]}, image {item.name} {width}x{height}")
     return coco_annotation(Path(item.name).name, width, height, mask_polygons(mask), label)
@@ -247,7 +250,8 @@ def write_dry_run(items: Sequence[QueueItem], label: str, batch: str, out: Path)
     report = QueueReport(batch)
     for item in items:
         dst = out / "images" / f"{item.sha256[:16]}{item.image.suffix.lower()}"
-        shutil.copyfile(item.image, dst)
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copyfile(upright(item.image, Path(tmp)), dst)
         coco = annotation_for(item, label)
         atomic_write_text(out / "annotations" / f"{item.sha256[:16]}.json", json.dumps(coco))
         report.queued.append({**_entry(item), "regions": len(coco["annotations"]), "file": dst.name})
@@ -287,47 +291,50 @@ def queue_for_labelling(
     report = QueueReport(batch)
     day = today()
     room = max(per_day - queued_on(store, workspace, project, day), 0)
-    for item in items:
-        key = record_key(workspace, project, item.sha256)
-        try:
-            record = json.loads(store.get_bytes(key))
-        except NotFound:
-            record = None
-        if record and record.get("annotated"):
-            report.already.append(item.name)
-            continue
-        if record is None and room <= 0:
-            report.over_limit.append(item.name)
-            continue
-        try:
-            if record is None:
-                image_id = with_retries(
-                    f"roboflow {workspace}/{project}: upload {item.name}",
-                    lambda item=item: client.upload(item.image, batch, ["drywall-qa", "model-uncertain"]),
+    with tempfile.TemporaryDirectory() as tmp:  # upright copies of EXIF-rotated photos
+        for item in items:
+            key = record_key(workspace, project, item.sha256)
+            try:
+                record = json.loads(store.get_bytes(key))
+            except NotFound:
+                record = None
+            if record and record.get("annotated"):
+                report.already.append(item.name)
+                continue
+            if record is None and room <= 0:
+                report.over_limit.append(item.name)
+                continue
+            try:
+                if record is None:
+                    image_id = with_retries(
+                        f"roboflow {workspace}/{project}: upload {item.name}",
+                        lambda item=item: client.upload(
+                            upright(item.image, Path(tmp)), batch, ["drywall-qa", "model-uncertain"]
+                        ),
+                        client.api_key,
+                        retries,
+                        backoff_s,
+                        error=LabelQueueError,
+                    )
+                    record = {**_entry(item), "image_id": image_id, "batch": batch, "day": day, "annotated": False}
+                    store.put_bytes(key, json.dumps(record, indent=2).encode())
+                    store.put_bytes(day_prefix(workspace, project, day) + item.sha256, b"")
+                    room -= 1
+                coco = annotation_for(item, label)
+                with_retries(
+                    f"roboflow {workspace}/{project}: pre-annotate {item.name}",
+                    lambda c=coco, r=record, n=item.name: client.annotate(r["image_id"], n, c, r["batch"]),
                     client.api_key,
                     retries,
                     backoff_s,
                     error=LabelQueueError,
                 )
-                record = {**_entry(item), "image_id": image_id, "batch": batch, "day": day, "annotated": False}
+                record = {**record, "annotated": True, "regions": len(coco["annotations"])}
                 store.put_bytes(key, json.dumps(record, indent=2).encode())
-                store.put_bytes(day_prefix(workspace, project, day) + item.sha256, b"")
-                room -= 1
-            coco = annotation_for(item, label)
-            with_retries(
-                f"roboflow {workspace}/{project}: pre-annotate {item.name}",
-                lambda c=coco, r=record, n=item.name: client.annotate(r["image_id"], n, c, r["batch"]),
-                client.api_key,
-                retries,
-                backoff_s,
-                error=LabelQueueError,
-            )
-            record = {**record, "annotated": True, "regions": len(coco["annotations"])}
-            store.put_bytes(key, json.dumps(record, indent=2).encode())
-            store.put_bytes(annotated_prefix(workspace, project) + item.sha256, b"")
-            report.queued.append(record)
-        except (LabelQueueError, InputError, OSError) as exc:
-            report.failed.append((item.name, redact(str(exc), client.api_key)))
+                store.put_bytes(annotated_prefix(workspace, project) + item.sha256, b"")
+                report.queued.append(record)
+            except (LabelQueueError, InputError, OSError) as exc:
+                report.failed.append((item.name, redact(str(exc), client.api_key)))
     return report
 
 

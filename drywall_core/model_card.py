@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drywall_core.markup import md
+
 CARD_FILE = "MODEL_CARD.md"
 
 INTENDED_USE = """\
@@ -47,9 +49,9 @@ def _data_section(record: dict[str, Any]) -> list[str]:
     for item in lineage:
         src = item.get("source") or {}
         if src.get("source") == "roboflow":
-            where = f"Roboflow {src.get('workspace')}/{src.get('project')} v{src.get('version')}"
+            where = f"Roboflow {md(src.get('workspace'))}/{md(src.get('project'))} v{md(src.get('version'))}"
         else:
-            where = src.get("source") or "local export"
+            where = md(src.get("source") or "local export")
         v = item.get("validation") or {}
         splits = v.get("splits") or []
         checks = (
@@ -61,10 +63,15 @@ def _data_section(record: dict[str, Any]) -> list[str]:
         )
         counts = item.get("counts") or {}
         lines.append(
-            f"| {item.get('dataset')} | `{str(item.get('snapshot', ''))[:16]}` | {where} | "
+            f"| {md(item.get('dataset'))} | `{_hex(item.get('snapshot'))[:16]}` | {where} | "
             f"{counts.get('train_images', '-')} / {counts.get('val_images', '-')} | {checks} |"
         )
     return [*lines, ""]
+
+
+def _hex(value: object) -> str:
+    """A snapshot id as shown in a code span: hex digits only (anything else is dropped)."""
+    return "".join(c for c in str(value or "") if c in "0123456789abcdef")
 
 
 def _metrics_section(metrics: dict[str, Any] | None) -> list[str]:
@@ -79,19 +86,21 @@ def _metrics_section(metrics: dict[str, Any] | None) -> list[str]:
     for d in metrics.get("datasets", {}).values():
         spread = d.get("robustness_spread") or {}
         lines.append(
-            f"| {d['prompt']} | {d.get('label_strength', '-')} | {d.get('images', '-')} | {_f(d.get('miou'))} | "
+            f"| {md(d['prompt'])} | {md(d.get('label_strength', '-'))} | {d.get('images', '-')} | "
+            f"{_f(d.get('miou'))} | "
             f"{_f(d.get('mean_dice'))} | {_f(d.get('boundary_f1'))} | {_f(d.get('best_threshold'), 2)} | "
             f"{_f(d.get('miou_at_best_threshold'))} | {_f(spread.get('min'))}-{_f(spread.get('max'))} |"
         )
         sweep = d.get("sweep") or {}
         if sweep:
-            sweeps.append(f"- {d['prompt']}: " + ", ".join(f"{t}: {_f(v)}" for t, v in sweep.items()))
+            sweeps.append(f"- {md(d['prompt'])}: " + ", ".join(f"{t}: {_f(v)}" for t, v in sweep.items()))
     overall = metrics.get("overall", {})
     lines += ["", f"Overall: mIoU {_f(overall.get('miou'))}, Dice {_f(overall.get('mean_dice'))}.", ""]
     if sweeps:
         lines += ["Threshold sweep (mIoU by probability cut):", "", *sweeps, ""]
     robust = [
-        f"- {d['prompt']}: " + ", ".join(f'"{p}" {_f(v)}' for p, v in (d.get("prompt_robustness") or {}).items())
+        f"- {md(d['prompt'])}: "
+        + ", ".join(f'"{md(p)}" {_f(v)}' for p, v in (d.get("prompt_robustness") or {}).items())
         for d in metrics.get("datasets", {}).values()
         if d.get("prompt_robustness")
     ]
@@ -111,17 +120,17 @@ def _gate_section(record: dict[str, Any]) -> list[str]:
         f"{_f(gate.get('champion_miou'))})",
         "",
     ]
-    lines += [f"- {r}" for r in gate.get("reasons", [])]
+    lines += [f"- {md(r)}" for r in gate.get("reasons", [])]
     shadow = gate.get("shadow") or {}
     lines += ["", "Shadow evaluation on field images (candidate vs champion, no labels):", ""]
     if shadow.get("prompts"):
         lines += ["| prompt | images | mean mask IoU | strong disagreement |", "|---|---|---|---|"]
         for prompt, row in shadow["prompts"].items():
             lines.append(
-                f"| {prompt} | {row['images']} | {_f(row['agreement'])} | {row['strong_disagreement_share']:.0%} |"
+                f"| {md(prompt)} | {row['images']} | {_f(row['agreement'])} | {row['strong_disagreement_share']:.0%} |"
             )
     else:
-        lines.append(f"- {shadow.get('note') or 'not run'}")
+        lines.append(f"- {md(shadow.get('note') or 'not run')}")
     return [*lines, ""]
 
 
@@ -138,9 +147,9 @@ def render_card(record: dict[str, Any], metrics: dict[str, Any] | None = None) -
         "",
         "## Model",
         "",
-        f"- Base model: `{record.get('base_model', '-')}` at revision `{record.get('base_revision', '-')}`"
+        f"- Base model: {md(record.get('base_model', '-'))} at revision {md(record.get('base_revision', '-'))}"
         " (frozen CLIP backbone); this version carries only the fine-tuned decoder.",
-        f"- Prompts: {', '.join(f'`{p}`' for p in (record.get('metrics') or {}).get('per_prompt', {})) or '-'}",
+        f"- Prompts: {', '.join(md(p) for p in (record.get('metrics') or {}).get('per_prompt', {})) or '-'}",
         "",
         "## Intended use",
         "",
@@ -149,15 +158,15 @@ def render_card(record: dict[str, Any], metrics: dict[str, Any] | None = None) -
         *_data_section(record),
         "## Training",
         "",
-        f"- Profile: {settings.get('profile') or 'production defaults'}",
+        f"- Profile: {md(settings.get('profile') or 'production defaults')}",
         f"- Config: epochs {cfg.get('epochs', '-')}, batch {cfg.get('batch_size', '-')}, lr {cfg.get('lr', '-')},"
         f" weight decay {cfg.get('weight_decay', '-')}, weak-label weight {cfg.get('weak_weight', '-')},"
         f" activation cache {cfg.get('cache_dtype', '-')}, flips {cfg.get('flip', '-')}, seed {cfg.get('seed', '-')}",
         f"- Ran {training.get('epochs_run', '-')} epochs (best {training.get('best_epoch', '-')},"
         f" early stop: {training.get('stopped_early', '-')}) on {training.get('train_images', '-')} training and"
         f" {training.get('val_images', '-')} validation images",
-        f"- Wall time {_f(training.get('wall_seconds'), 1)} s on {training.get('device', '-')}"
-        f" ({training.get('device_name', '-')})",
+        f"- Wall time {_f(training.get('wall_seconds'), 1)} s on {md(training.get('device', '-'))}"
+        f" ({md(training.get('device_name', '-'))})",
         f"- Split: seed {settings.get('split_seed', '-')}, validation fraction {settings.get('val_fraction', '-')}",
         "",
         *_metrics_section(metrics),

@@ -195,9 +195,8 @@ class ModelRegistry:
         if current and current[0]["version"] == version:
             return {**current[0], "unchanged": True}
         previous = current[0]["version"] if current else None
-        alias = self._write_alias(version, record, previous, expected)
-        self.audit({"action": action, "version": version, "previous": previous, "reason": reason, "decision": decision})
-        return alias
+        entry = {"action": action, "version": version, "previous": previous, "reason": reason, "decision": decision}
+        return self._audited_move(entry, lambda: self._write_alias(version, record, previous, expected))
 
     def force_promote(self, version: str, reason: str = "manual repair") -> dict[str, Any]:
         """Repair: point the champion at ``version`` whatever the alias holds now (even corrupt); audited."""
@@ -207,8 +206,25 @@ class ModelRegistry:
             previous = self._record(self.alias_key, got[0], ("version",))["version"] if got else None
         except CorruptRecord:
             previous = None
-        alias = self._write_alias(version, record, previous if previous != version else None, got[1] if got else None)
-        self.audit({"action": "forced-promote", "version": version, "previous": previous, "reason": reason})
+        entry = {"action": "forced-promote", "version": version, "previous": previous, "reason": reason}
+        return self._audited_move(
+            entry,
+            lambda: self._write_alias(
+                version, record, previous if previous != version else None, got[1] if got else None
+            ),
+        )
+
+    def _audited_move(self, entry: dict[str, Any], move: Any) -> dict[str, Any]:
+        """The audit line is written before the alias moves (``pending``) and completed after it, so a
+        promotion cut off between the two still leaves its line (``audit_log`` recovers its outcome)."""
+        intent = secrets.token_hex(8)
+        self.audit({**entry, "id": intent, "outcome": "pending"})
+        try:
+            alias = move()
+        except Conflict:
+            self.audit({"completes": intent, "outcome": "lost"})
+            raise
+        self.audit({"completes": intent, "outcome": "done"})
         return alias
 
     def _write_alias(self, version: str, record: dict[str, Any], previous: str | None, expected: str | None) -> dict:
@@ -292,4 +308,29 @@ class ModelRegistry:
                 entries.append(
                     {"at": "?", "action": "unreadable", "reason": f"{self.where(self.audit_key)}:{n}: {exc}"}
                 )
-        return entries
+        return self._fold(entries)
+
+    def _fold(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One entry per decision: a move's completion folded into its line, a lost race's move
+        dropped (the refusal says so), and a move cut off before its completion recovered from the
+        alias: done if the champion is that version since then, else ``interrupted``."""
+        outcomes = {e["completes"]: e.get("outcome") for e in entries if "completes" in e}
+        try:
+            alias = self.champion()
+        except CorruptRecord:
+            alias = None
+        folded = []
+        for e in entries:
+            if "completes" in e:
+                continue
+            if e.get("outcome") == "pending":
+                outcome = outcomes.get(e.get("id"))
+                if outcome == "lost":
+                    continue
+                if outcome is None:
+                    recovered = alias and alias[0]["version"] == e.get("version")
+                    recovered = recovered and str(alias[0].get("promoted_at", "")) >= str(e.get("at", ""))
+                    outcome = "done (recovered: cut off after the alias moved)" if recovered else "interrupted"
+                e = {**e, "outcome": outcome}
+            folded.append(e)
+        return folded

@@ -2,9 +2,10 @@
 
 A snapshot is one validated, rendered and split dataset, stored in the artifact store as
 ``datasets/<name>/<snapshot id>/`` (``manifest.json``, ``images/<sha256><ext>``,
-``masks/<sha256>.png``). Its id is the sha256 of the manifest's content lines -- per image, the
-sha256 of the image, the sha256 of its mask and its split side -- so the same Roboflow version
-ingested twice gives the same id, and any changed pixel, annotation or split assignment another.
+``masks/<sha256>.png``). Its id is the sha256 of everything the manifest asserts (spec, lineage,
+validation, split, every image entry) but when and from which folder it was recorded -- so the same
+Roboflow version ingested twice gives the same id, any changed pixel, annotation, prompt or split
+assignment another, and a manifest edited in place is refused because it no longer matches its id.
 
 Downstream stages take ``<name>/<snapshot id>`` references, never host paths: each host fetches
 the files it lacks into its own content-addressed cache (``$DRYWALL_HOME/blobs``) and reads masks
@@ -47,7 +48,7 @@ def snapshot_ids(samples: Sequence[Sample]) -> dict[str, str]:
     for s in samples:
         entry = {"sha256": sha256_file(s.image), "mask_sha256": sha256_file(s.mask), "side": s.side}
         entries.setdefault(s.dataset, []).append(entry)
-    return {name: snapshot_id(rows) for name, rows in entries.items()}
+    return {name: content_id(rows) for name, rows in entries.items()}
 
 
 def training_identity(snapshots: dict[str, str], base_fingerprint: str, train_config: dict[str, Any]) -> dict:
@@ -77,10 +78,26 @@ def nothing_new(candidate: dict[str, Any], champion_manifest: dict[str, Any] | N
 # Snapshots in the artifact store
 
 
-def snapshot_id(entries: Iterable[dict[str, Any]]) -> str:
-    """The content id of a manifest's image entries: sha256 over the sorted "image mask side" lines."""
+def content_id(entries: Iterable[dict[str, Any]]) -> str:
+    """The content of a set of image entries: sha256 over the sorted "image mask side" lines."""
     rows = sorted(f"{e['sha256']} {e['mask_sha256']} {e['side']}" for e in entries)
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+VOLATILE_LINEAGE = frozenset({"recorded_at", "path"})  # when, and from which folder of which host
+
+
+def snapshot_id(manifest: dict[str, Any]) -> str:
+    """The id of a snapshot: sha256 over everything its manifest asserts -- the dataset spec (prompt,
+    label strength), lineage, validation summary, split and every image entry (file, sha256,
+    extension, mask, side, source photo) -- except when and from which local folder it was recorded,
+    so the same Roboflow version ingested twice has one id and a manifest edited in place none."""
+    asserted = {k: v for k, v in manifest.items() if k not in ("snapshot", "images")}
+    if isinstance(asserted.get("lineage"), dict):
+        asserted["lineage"] = {k: v for k, v in asserted["lineage"].items() if k not in VOLATILE_LINEAGE}
+    images = sorted((manifest.get("images") or []), key=lambda e: json.dumps(e, sort_keys=True))
+    canonical = json.dumps({"asserted": asserted, "images": images}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def ref_of(dataset: str, sid: str) -> str:
@@ -155,7 +172,6 @@ def build_manifest(
     manifest = {
         "format": FORMAT,
         "dataset": spec.name,
-        "snapshot": snapshot_id(entries),
         "spec": spec.model_dump(mode="json"),
         "lineage": lineage,
         "validation": validation,
@@ -166,7 +182,7 @@ def build_manifest(
         },
         "images": sorted(entries, key=lambda e: e["file"]),
     }
-    return manifest, files
+    return {**manifest, "snapshot": snapshot_id(manifest)}, files
 
 
 def publish_snapshot(
@@ -211,7 +227,7 @@ def read_manifest(store: ArtifactStore, ref: str) -> dict[str, Any]:
         raise CheckFailed(f"{store.url}/{key}: not a snapshot manifest (no image list)")
     for entry in images:
         check_entry(entry, f"{store.url}/{key}")
-    if snapshot_id(images) != parse_ref(ref)[1]:
+    if snapshot_id(manifest) != parse_ref(ref)[1] or manifest.get("snapshot") != parse_ref(ref)[1]:
         raise CheckFailed(f"{store.url}/{key}: content does not match snapshot id {parse_ref(ref)[1][:16]}")
     return manifest
 

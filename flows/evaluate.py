@@ -16,6 +16,7 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from drywall_core.config import get_settings
+from drywall_core.markup import md
 from drywall_core.monitoring import record_evaluation
 from drywall_core.registry import now
 from flows.common import Source, run_dir
@@ -62,11 +63,11 @@ def evaluate_champion(sources: list[Source] | None = None) -> dict[str, Any]:
     meta = {"model_version": champion["version"], "run": str(flow_run.get_id())}
     record("champion evaluation", lambda where, model, ps: record_evaluation(where, model, ps, metrics, meta))
     rows = "\n".join(
-        f"| {d['prompt']} | {d['miou']:.3f} | "
+        f"| {md(d['prompt'])} | {d['miou']:.3f} | "
         f"{recorded.get('per_prompt', {}).get(d['prompt'], {}).get('miou', float('nan')):.3f} |"
         for d in metrics["datasets"].values()
     )
-    verdict = "REGRESSION: " + "; ".join(flagged) if flagged else "no regression"
+    verdict = "REGRESSION: " + md("; ".join(flagged)) if flagged else "no regression"
     markdown(
         f"| prompt | mIoU now | mIoU at promotion |\n|---|---|---|\n{rows}\n\n**{verdict}**",
         "champion-evaluation-table",

@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from drywall_core.config import get_settings
+from drywall_core.markup import md
 from drywall_core.samples import masks_dir_for
 from flows.common import Source, data_dir, run_dir
 from flows.fanout import render_masks_flow, run_fanout, use_dask
@@ -69,7 +70,7 @@ def ingest(sources: list[Source] | None = None) -> list[dict[str, Any]]:
         snap = snapshot_task(v["export"], v["dataset"], masks, v["validation"])
         records.append({**snap, "report": v["report"], "validation": v["validation"]})
     rows = "\n".join(
-        f"| {r['dataset']} | `{r['snapshot'][:16]}` | {r['counts']['train_images']} | {r['counts']['val_images']} "
+        f"| {md(r['dataset'])} | `{r['snapshot'][:16]}` | {r['counts']['train_images']} | {r['counts']['val_images']} "
         f"| {r['counts']['train_sources']} / {r['counts']['val_sources']} | {r['uploaded_files']} |"
         for r in records
     )

@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 
 from drywall_core.candidates import candidate_staged
 from drywall_core.config import get_settings, resolve_train_config
+from drywall_core.markup import md, md_fence
 from drywall_core.model import base_fingerprint
 from drywall_core.snapshots import nothing_new, snapshots_of, training_identity
 from drywall_core.storage import LocalStore, store_from_settings
@@ -36,9 +37,9 @@ def comparison_table(decision: dict[str, Any]) -> str:
         champ = (
             f"{row['champion_miou']:.3f} | {row['champion_dice']:.3f}" if row["champion_miou"] is not None else "- | -"
         )
-        lines.append(f"| {row['prompt']} | {row['candidate_miou']:.3f} | {row['candidate_dice']:.3f} | {champ} |")
+        lines.append(f"| {md(row['prompt'])} | {row['candidate_miou']:.3f} | {row['candidate_dice']:.3f} | {champ} |")
     verdict = "PROMOTE" if decision["promote"] else "REFUSE"
-    lines += ["", f"**Gate: {verdict}**", ""] + [f"- {r}" for r in decision["reasons"]]
+    lines += ["", f"**Gate: {verdict}**", ""] + [f"- {md(r)}" for r in decision["reasons"]]
     return "\n".join(lines)
 
 
@@ -105,7 +106,7 @@ def retrain(
     # the whole recipe travels as a parameter, so a GPU host trains with exactly what is recorded here
     train_config = resolve_train_config(settings.train, profile, overrides).model_dump()
     resolved = recorded_settings(base_model, train_config, profile)
-    markdown("```json\n" + json.dumps(resolved, indent=2) + "\n```", "retrain-settings", "settings this run resolved")
+    markdown(md_fence(json.dumps(resolved, indent=2), "json"), "retrain-settings", "settings this run resolved")
     trained_from = training_identity(snapshots_of(snapshots), base_fingerprint(base_model), train_config)
     reg = registry()
     current = reg.champion_version()
@@ -114,7 +115,7 @@ def retrain(
         note = (
             f"Nothing new: champion {current} was trained on the same dataset snapshots, base model and "
             "training config. No training, nothing published (pass force=true to retrain anyway).\n\n"
-            + "\n".join(f"- {name}: `{sid[:16]}`" for name, sid in trained_from["snapshots"].items())
+            + "\n".join(f"- {md(name)}: `{sid[:16]}`" for name, sid in trained_from["snapshots"].items())
         )
         get_run_logger().info("retrain: nothing new since champion %s; not training", current)
         markdown(note, "retrain-nothing-new", "why this run trained nothing")

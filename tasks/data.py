@@ -13,6 +13,7 @@ from drywall_core.config import get_settings
 from drywall_core.datasets import load_registry
 from drywall_core.exports import open_export
 from drywall_core.ingest import refuse_failed, snapshot_export, validation_summary
+from drywall_core.markup import md
 from drywall_core.masks import render_masks
 from drywall_core.sources import already_pulled, copy_local_export, generate_synthetic, latest_version, pull_roboflow
 from drywall_core.storage import store_from_settings
@@ -94,7 +95,7 @@ def validate_task(export: str, report_dir: str, dataset: str | None = None) -> d
     if not report.success:
         lines = report.lines()
         markdown(
-            "## Validation failed\n\n" + "\n".join(f"- `{ln}`" for ln in lines), f"validation-failures-{spec.name}"
+            "## Validation failed\n\n" + "\n".join(f"- {md(ln)}" for ln in lines), f"validation-failures-{spec.name}"
         )
         refuse_failed(report, Path(export))
     get_run_logger().info("validated %s as '%s'", export, spec.name)

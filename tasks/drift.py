@@ -14,6 +14,7 @@ from drywall_core import drift as d
 from drywall_core.config import get_settings
 from drywall_core.errors import CheckFailed
 from drywall_core.fsutil import inside
+from drywall_core.markup import md
 from drywall_core.monitoring import record_drift
 from drywall_core.storage import S3Store, s3_client
 from tasks.artifacts import link, markdown, upload_report
@@ -60,7 +61,7 @@ def drift_report_task(
     link(upload_report(result.html_path, run_id), "Evidently drift report (HTML)", "drift-report")
     link(upload_report(result.json_path, run_id), "drift.json", "drift-json")
     rows = "\n".join(
-        f"| {c} | {v['method']} | {v['score']:.4f} | {'yes' if c in sm['drifted_columns'] else ''} |"
+        f"| {md(c)} | {md(v['method'])} | {v['score']:.4f} | {'yes' if c in sm['drifted_columns'] else ''} |"
         for c, v in sorted(sm["columns"].items())
     )
     verdict = "DRIFT DETECTED" if sm["drift_detected"] else "no drift"

@@ -13,6 +13,7 @@ from drywall_core import label_queue as lq
 from drywall_core.config import get_settings
 from drywall_core.datasets import load_registry
 from drywall_core.drift import IMAGE_EXTENSIONS
+from drywall_core.markup import md
 from drywall_core.model import load_model
 from drywall_core.monitoring import record_field
 from drywall_core.predict import for_inference
@@ -128,7 +129,7 @@ def label_queue_task(predicted: dict[str, Any], batch: str | None = None) -> dic
     elif frame.empty:
         why = "no new field images"
     if why:
-        markdown(f"Label queue skipped: {why}.", "label-queue", "images sent for labelling")
+        markdown(f"Label queue skipped: {md(why)}.", "label-queue", "images sent for labelling")
         logger.info("label queue skipped: %s", why)
         return {"skipped": why, "projects": {}}
     store = store_from_settings(s)
@@ -165,8 +166,8 @@ def label_queue_task(predicted: dict[str, Any], batch: str | None = None) -> dic
             "failed": report.failed,
         }
         lines.append(
-            f"| {ws}/{proj} | {spec.prompt} | {len(report.queued)} | {len(report.already)} | "
+            f"| {md(ws)}/{md(proj)} | {md(spec.prompt)} | {len(report.queued)} | {len(report.already)} | "
             f"{len(report.over_limit)} | {len(report.failed)} |"
         )
-    markdown("\n".join(lines) + f"\n\nbatch `{batch}`", "label-queue", "images sent for labelling")
+    markdown("\n".join(lines) + f"\n\nbatch {md(batch)}", "label-queue", "images sent for labelling")
     return {"batch": batch, "projects": out}

@@ -85,6 +85,59 @@ def test_ingest_fails_cleanly_on_a_broken_export(prefect_api, synthetic_cracks: 
     assert "bbox width not positive" in arts["validation-failures-cracks"].data
 
 
+HOSTILE_NAME = "wall `01` <img src=x onerror=alert(1)> [x](javascript:alert(1)) <script>alert(2)</script>"
+
+
+def _inert(markdown_text: str) -> None:
+    """Markdown in which no outside value is markup: no raw tag, no link target, balanced code spans."""
+    assert "<img" not in markdown_text and "<script" not in markdown_text, markdown_text
+    assert "](javascript:" not in markdown_text and "[x](" not in markdown_text, markdown_text
+    assert "`01`" not in markdown_text, "a backtick from a file name never opens a code span"
+
+
+def test_hostile_file_names_stay_text_in_artifacts(prefect_api, synthetic_cracks: Path, tmp_path: Path) -> None:
+    """A file name carrying markdown and HTML, through the ingest flow, into its failure artifact."""
+    from flows.common import Source
+    from flows.ingest import ingest
+
+    def hostile(coco: dict) -> None:
+        image = coco["images"][0]
+        old = synthetic_cracks / "train" / image["file_name"]
+        image["file_name"] = f"{HOSTILE_NAME}.jpg"
+        old.rename(old.parent / image["file_name"])
+        first = next(a for a in coco["annotations"] if a["image_id"] == image["id"])
+        first["bbox"][2] = -4
+
+    edit_coco(synthetic_cracks, "train", hostile)
+    state = ingest(sources=[Source(kind="local", path=str(synthetic_cracks), dataset="cracks")], return_state=True)
+    assert state.is_failed()
+    failures = _artifacts(state.state_details.flow_run_id)["validation-failures-cracks"].data
+    assert "bbox width not positive" in failures and "onerror=alert" in failures, "the name is still shown"
+    _inert(failures)
+
+
+def test_hostile_names_stay_text_in_the_model_card() -> None:
+    from drywall_core.model_card import render_card
+
+    record = {
+        "version": "v1",
+        "base_model": HOSTILE_NAME,
+        "lineage": [
+            {
+                "dataset": HOSTILE_NAME,
+                "snapshot": "ab" * 32,
+                "source": {"source": "roboflow", "workspace": HOSTILE_NAME, "project": "p", "version": 1},
+            }
+        ],
+        "gate": {"promote": False, "reasons": [f"'{HOSTILE_NAME}': mIoU 0.1 below floor"], "shadow": {}},
+        "metrics": {"per_prompt": {HOSTILE_NAME: {}}},
+    }
+    metrics = {"datasets": {"d": {"prompt": HOSTILE_NAME, "miou": 0.1, "mean_dice": 0.2}}, "overall": {}}
+    card = render_card(record, metrics)
+    assert card.count("onerror=alert") >= 5, "every hostile value is shown"
+    _inert(card)
+
+
 def test_ingest_real_export(prefect_api, drywall_export: Path, tmp_path: Path) -> None:
     from drywall_core.config import get_settings
     from drywall_core.snapshots import read_manifest
@@ -370,3 +423,41 @@ def test_predict_field_flow_stores_predictions_once_and_reports_the_uncertain(
     ws = Workspace(str(get_settings().evidently_root))
     (project,) = ws.search_project("clipseg-drywall")
     assert len(ws.list_runs(project.id)) == 1, "the field signals of the run with new photos are recorded"
+
+
+def test_a_rerun_of_a_crashed_retrain_gates_its_staged_candidate(
+    prefect_api, tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The first attempt stages its candidate and dies before the gate; the retry (same flow run id,
+    as Prefect retries and the UI's Retry run it) finds the candidate and does not train again."""
+    import tasks.registry as registry_tasks
+    from flows.common import Source
+    from flows.retrain import retrain
+
+    real = registry_tasks.gate_task.fn
+    calls = {"n": 0}
+
+    def dies_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("the Prefect API went away after training")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry_tasks.gate_task, "fn", dies_once)
+    import flows.retrain as retrain_module
+
+    trained: list[str] = []
+    real_train = retrain_module.train_flow
+
+    def counting_train(**params):
+        trained.append(params["staging"])
+        return real_train(**params)
+
+    monkeypatch.setattr(retrain_module, "train_flow", counting_train)
+    state = retrain.with_options(retries=1, retry_delay_seconds=0)(
+        sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=GOOD, return_state=True
+    )
+    assert state.is_completed(), state.message
+    run_id = str(state.state_details.flow_run_id)
+    assert calls["n"] == 2 and trained == [run_id], "trained once; the retry gated the staged candidate"
+    assert state.result()["staging"].endswith(f"staging/{run_id}")

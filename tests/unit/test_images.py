@@ -124,3 +124,18 @@ def test_two_images_on_one_output_name_are_refused(cli, tiny_model_dir, photo: P
     r = cli("predict", a, a, "--prompt", "segment crack", "--model", tiny_model_dir, "--out", out)
     assert r.code == 0 and "wrote 1 masks" in r.out, "the same file twice is one mask, and says so"
     assert len(list(out.iterdir())) == 1
+
+
+def test_an_animated_gif_among_field_photos_is_read_not_ignored(tmp_path) -> None:
+    """Field photos in any format the reader opens are analysed (an animated GIF: its first frame)."""
+    import numpy as np
+    from PIL import Image
+
+    from drywall_core.drift import find_images, image_features
+
+    frames = [Image.fromarray(np.full((40, 60, 3), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "still.jfif", format="JPEG")
+    assert [p.name for p in find_images(tmp_path)] == ["anim.gif", "still.jfif"]
+    features = image_features(tmp_path / "anim.gif")
+    assert features["width"] == 60 and abs(features["brightness_mean"] - 10 / 255) < 0.01, "the first frame"

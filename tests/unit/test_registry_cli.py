@@ -131,3 +131,37 @@ def test_list_names_a_champion_that_does_not_exist_and_cut_publishes(cli, regist
     assert "the champion alias names version 'v9-gone', which does not exist" in listed.err
     assert "? v4-cut  incomplete" in listed.out
     assert [ln.split()[0] for ln in listed.out.splitlines()[:3]] == ["v1", "v2", "v3"], "no champion mark"
+
+
+def test_a_promotion_cut_off_after_the_alias_moved_keeps_its_audit_line(cli, registry, monkeypatch) -> None:
+    """The audit line is written before the alias moves: a kill between the move and its completion
+    leaves the line, recovered as done; a kill before the move reads as interrupted."""
+    reg, _ = registry
+    real_audit = ModelRegistry.audit
+
+    def killed_at_completion(self, entry, attempts=20):
+        if "completes" in entry:
+            raise KeyboardInterrupt("killed right after the alias moved")
+        return real_audit(self, entry, attempts)
+
+    monkeypatch.setattr(ModelRegistry, "audit", killed_at_completion)
+    with pytest.raises(KeyboardInterrupt):
+        reg.promote("v1", None, reason="nightly")
+    monkeypatch.setattr(ModelRegistry, "audit", real_audit)
+    assert reg.champion_version() == "v1"
+    (entry,) = reg.audit_log()
+    assert entry["action"] == "promote" and entry["version"] == "v1" and entry["reason"] == "nightly"
+    assert entry["outcome"].startswith("done (recovered")
+
+    def killed_before_the_move(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the alias moved")
+
+    real_write = ModelRegistry._write_alias
+    monkeypatch.setattr(ModelRegistry, "_write_alias", killed_before_the_move)
+    with pytest.raises(KeyboardInterrupt):
+        reg.promote("v2", reg.champion()[1], reason="nightly 2")
+    monkeypatch.setattr(ModelRegistry, "_write_alias", real_write)
+    assert reg.champion_version() == "v1"
+    assert [(e["version"], e["outcome"]) for e in reg.audit_log()][-1] == ("v2", "interrupted")
+    shown = cli("registry", "audit").out
+    assert "v1" in shown and "v2" in shown

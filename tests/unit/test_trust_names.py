@@ -171,3 +171,33 @@ def test_a_corrupted_blob_on_this_host_is_fetched_again(synthetic_cracks: Path, 
     again, _, stats = fetch_snapshot(store, ref, home)
     assert stats["fetched"] == 1, "only the corrupted blob is fetched again"
     assert sha256_file(victim) == samples[0].sha256, "and it is the right bytes now"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["spec"].update(prompt="segment anything"),
+        lambda m: m["spec"].update(label_strength="weak"),
+        lambda m: m["lineage"].update(source="roboflow"),
+        lambda m: m["validation"].update(success=True, splits=[]),
+        lambda m: m["split"].update(seed=99),
+        lambda m: m["images"][0].update(source="another-photo"),
+        lambda m: m["images"][0].update(file="valid/elsewhere.jpg"),
+    ],
+    ids=["prompt", "label-strength", "lineage", "validation", "split", "source-photo", "file"],
+)
+def test_a_manifest_edited_in_place_is_refused(edit, synthetic_cracks: Path, tmp_path: Path) -> None:
+    """The id covers everything the manifest asserts, not only the image, mask and side."""
+    from drywall_core.config import Settings
+    from drywall_core.snapshots import read_manifest
+
+    store = LocalStore(tmp_path / "store")
+    settings = Settings(home=tmp_path / "a", mask_workers=1)
+    ref = ingest_export(synthetic_cracks, settings, store, "cracks")["ref"]
+    assert ingest_export(synthetic_cracks, settings, store, "cracks")["ref"] == ref, "re-ingest: same id"
+    key = snapshot_key(ref)
+    manifest = json.loads(store.get_bytes(key))
+    edit(manifest)
+    store.put_bytes(key, json.dumps(manifest).encode())
+    with pytest.raises(CheckFailed, match="does not match snapshot id"):
+        read_manifest(store, ref)
