@@ -249,7 +249,8 @@ def _samples(exports: list[Path], datasets: list[str] | None, validate: bool = F
     return collect_samples(exports, get_settings(), datasets, progress=True)
 
 
-RUN_MARKERS = ("checkpoint.pt", "metrics.jsonl", "train_summary.json")
+# files only `drywall train` writes; run.json first of all, so a run that failed early is still its own
+RUN_MARKERS = ("run.json", "checkpoint.pt", "metrics.jsonl", "train_summary.json")
 
 
 def _claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(default=None, description="Any S3-compatible endpoint; AWS when unset.")
     s3_region: str | None = Field(default=None)
     s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
+    s3_connect_timeout_s: float = Field(default=5.0, gt=0, description="Seconds to wait for an S3 connection.")
+    s3_read_timeout_s: float = Field(default=30.0, gt=0, description="Seconds to wait for an S3 answer.")
+    s3_max_attempts: int = Field(default=3, ge=1, le=10, description="Attempts per S3 call (retries + 1).")
     model_name: str = Field(default="clipseg-drywall", description="Registry name of the model.")
     gate: GateConfig = Field(default_factory=lambda: GateConfig())
 

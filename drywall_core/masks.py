@@ -8,11 +8,13 @@ name and renamed, and a manifest of input fingerprints makes re-runs skip unchan
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,8 +207,26 @@ def render_chunk(jobs: list[MaskJob]) -> list[str]:
     return _render_chunk(jobs)
 
 
+LOCK_FILE = ".drywall-masks.lock"
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """One renderer per mask folder at a time: two ingests of one export on one host share the folder,
+    and the second waits (then finds the masks made) instead of deleting the first's temporary files."""
+    out_dir = ensure_dir(Path(out_dir))
+    with open(out_dir / LOCK_FILE, "a") as lock:  # a new open file: flock excludes other processes and threads
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def render_masks(export: Export, out_dir: Path, workers: int = 0, chunk: int = 32, progress: bool = True) -> MaskStats:
     """Render every image's mask under ``out_dir``; unchanged ones are skipped, stale ones removed."""
+    with _exclusive(Path(out_dir)):
+        return _render_masks(export, out_dir, workers, chunk, progress)
+
+
+def _render_masks(export: Export, out_dir: Path, workers: int, chunk: int, progress: bool) -> MaskStats:
     plan = plan_masks(export, out_dir)
     workers = workers or os.cpu_count() or 1
     chunks = plan.chunks(chunk)

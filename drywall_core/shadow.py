@@ -26,9 +26,9 @@ def latest_field_images(settings: Any, n: int, dest: Path) -> list[FieldImage]:
     if n <= 0:
         return []
     if settings.s3_bucket:
-        from drywall_core.storage import s3_client
+        from drywall_core.storage import s3_client_from
 
-        client = s3_client(settings.s3_endpoint_url, settings.s3_region, addressing_style=settings.s3_addressing_style)
+        client = s3_client_from(settings)
         objects = []
         pages = client.get_paginator("list_objects_v2").paginate(
             Bucket=settings.s3_bucket, Prefix=settings.field_images_prefix

@@ -160,17 +160,40 @@ def s3_client(
     access_key: str | None = None,
     secret_key: str | None = None,
     addressing_style: str = "path",
+    connect_timeout_s: float = 5.0,
+    read_timeout_s: float = 30.0,
+    max_attempts: int = 3,
 ) -> Any:
+    """A boto3 S3 client with bounded waits: an endpoint that accepts connections and never answers
+    fails after about attempts x read timeout, not botocore's default of minutes."""
     import boto3
     from botocore.config import Config
 
+    config = Config(
+        s3={"addressing_style": addressing_style},
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+    )
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name=region or "us-east-1",
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        config=Config(s3={"addressing_style": addressing_style}, retries={"max_attempts": 5, "mode": "standard"}),
+        config=config,
+    )
+
+
+def s3_client_from(settings: Any) -> Any:
+    """The S3 client every stage uses, configured by the ``DRYWALL_S3_*`` settings."""
+    return s3_client(
+        settings.s3_endpoint_url,
+        settings.s3_region,
+        addressing_style=settings.s3_addressing_style,
+        connect_timeout_s=settings.s3_connect_timeout_s,
+        read_timeout_s=settings.s3_read_timeout_s,
+        max_attempts=settings.s3_max_attempts,
     )
 
 
@@ -286,6 +309,6 @@ class S3Store:
 def store_from_settings(settings: Any) -> ArtifactStore:
     """S3 when ``DRYWALL_S3_BUCKET`` is set, else the local registry folder under ``DRYWALL_HOME``."""
     if settings.s3_bucket:
-        client = s3_client(settings.s3_endpoint_url, settings.s3_region, addressing_style=settings.s3_addressing_style)
+        client = s3_client_from(settings)
         return S3Store(settings.s3_bucket, settings.s3_prefix, client)
     return LocalStore(settings.registry_root)

@@ -16,7 +16,7 @@ from drywall_core.errors import CheckFailed
 from drywall_core.fsutil import inside
 from drywall_core.markup import md
 from drywall_core.monitoring import record_drift
-from drywall_core.storage import S3Store, s3_client
+from drywall_core.storage import S3Store, s3_client_from
 from tasks.artifacts import link, markdown, upload_report
 from tasks.monitoring import record
 
@@ -25,7 +25,7 @@ from tasks.monitoring import record
 def fetch_s3_images_task(bucket: str, keys: list[str] | None, prefix: str | None, dest: str) -> str:
     """Download the given objects (or every image under ``prefix``) from S3 into ``dest``."""
     s = get_settings()
-    store = S3Store(bucket, "", s3_client(s.s3_endpoint_url, s.s3_region, addressing_style=s.s3_addressing_style))
+    store = S3Store(bucket, "", s3_client_from(s))
     wanted = keys or [k for k in store.list(prefix or "") if Path(k).suffix.lower() in d.IMAGE_EXTENSIONS]
     # every key is checked before anything is fetched: a key that would land outside dest is refused
     targets = [(key, inside(Path(dest), key, f"S3 key of s3://{bucket}")) for key in wanted]

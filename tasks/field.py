@@ -73,10 +73,10 @@ def _image_link(bucket: str | None, images_dir: str) -> Any:
     """image name -> a link a browser opens: presigned from the field bucket, else the local path."""
     if not bucket:
         return lambda name: str(Path(images_dir) / name)
-    from drywall_core.storage import S3Store, s3_client
+    from drywall_core.storage import S3Store, s3_client_from
 
     s = get_settings()
-    photos = S3Store(bucket, "", s3_client(s.s3_endpoint_url, s.s3_region, addressing_style=s.s3_addressing_style))
+    photos = S3Store(bucket, "", s3_client_from(s))
     return photos.link
 
 

@@ -183,6 +183,50 @@ def test_unreachable_artifact_store_is_named(cli, monkeypatch) -> None:
     assert "artifact store http://127.0.0.1:9 (bucket models-bucket)" in r.err and "Could not connect" in r.err
 
 
+def test_an_s3_endpoint_that_never_answers_fails_in_bounded_time(cli, monkeypatch) -> None:
+    """It accepts the connection and says nothing: that took 369 s; now attempts x read timeout."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_stay_silent() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    for k, v in {
+        "DRYWALL_S3_BUCKET": "models-bucket",
+        "DRYWALL_S3_ENDPOINT_URL": f"http://127.0.0.1:{listener.getsockname()[1]}",
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "DRYWALL_S3_READ_TIMEOUT_S": "1",
+        "DRYWALL_S3_MAX_ATTEMPTS": "2",
+    }.items():
+        monkeypatch.setenv(k, v)
+    try:
+        t0 = time.monotonic()
+        r = cli("registry", "list")
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        for s in held:
+            s.close()
+        listener.close()
+    assert r.code == 2 and "unexpected" not in r.err, r.err
+    assert "Read timeout" in r.err or "timed out" in r.err.lower(), r.err
+    assert took < 30, f"{took:.0f}s: the settings bound the wait"
+
+
 def test_invalid_setting_is_named(cli, monkeypatch) -> None:
     monkeypatch.setenv("DRYWALL_TRAIN__EPOCHS", "many")
     r = cli("datasets")
@@ -276,3 +320,24 @@ def test_a_full_disk_is_named_for_every_command_that_writes(
         assert "unexpected" not in r.err and "a bug" not in r.err, f"{name}: {r.err}"
         assert str(full_disk) in r.err, f"{name} names the path: {r.err}"
         assert not _leftovers(full_disk), f"{name} left {_leftovers(full_disk)}"
+
+
+def test_a_failed_train_run_folder_is_taken_back_with_overwrite(tmp_path: Path) -> None:
+    """A run that failed early leaves only run.json: a rerun is told to --resume or --overwrite, and
+    --overwrite accepts the folder it made (it used to answer 'not a run folder')."""
+    from drywall_core.cli import _claim_run_folder
+    from drywall_core.errors import InputError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    with pytest.raises(InputError, match="--resume to continue it or --overwrite"):
+        _claim_run_folder(out, resume=False, overwrite=False)
+    _claim_run_folder(out, resume=False, overwrite=True)
+    assert not out.exists() or not any(out.iterdir())
+    stranger = tmp_path / "photos"
+    stranger.mkdir()
+    (stranger / "IMG_1.jpg").write_bytes(b"x")
+    with pytest.raises(InputError, match="not a run folder"):
+        _claim_run_folder(stranger, resume=False, overwrite=True)
+    assert (stranger / "IMG_1.jpg").exists()

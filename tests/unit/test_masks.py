@@ -165,3 +165,30 @@ def test_cli_masks(cli, synthetic_cracks: Path, tmp_path: Path) -> None:
     assert len(list((tmp_path / "o").rglob("*.png"))) == sum(
         len(s.images) for s in open_export(synthetic_cracks).splits.values()
     )
+
+
+def test_two_renders_of_one_export_into_one_folder_both_succeed(synthetic_cracks, tmp_path) -> None:
+    """Two ingests on one host share the masks folder: the second waits for the first (it used to
+    delete the first's temporary files, and one of them failed with "cannot write here")."""
+    import threading
+
+    from drywall_core.exports import open_export
+    from drywall_core.masks import render_masks
+
+    export, out = open_export(synthetic_cracks), tmp_path / "masks"
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(render_masks(export, out, workers=2, chunk=4, progress=False))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(r.rendered for r in results)[0] == 0, "the second found the first's masks"
+    assert not [p for p in out.rglob("*.tmp")]
