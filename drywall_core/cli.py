@@ -582,13 +582,24 @@ def registry_list() -> None:
         mark = "*" if v == champion else " "
         typer.echo(f"{mark} {v}  mIoU {m.get('miou', float('nan')):.3f}  Dice {m.get('mean_dice', float('nan')):.3f}")
     for v in reg.incomplete():
-        typer.echo(f"? {v}  incomplete: files without a manifest (a publish cut off, or one under way)")
+        typer.echo(f"? {v}  incomplete: files without a manifest (a cut publish, or one under way; see registry prune)")
     if not champion and not problems:
         typer.echo("(no champion)")
     for line in problems:
         _err(f"error: {line}")
     if problems:
         raise CheckFailed(f"{len(problems)} unreadable registry record(s)")
+
+
+@registry_app.command("prune")
+def registry_prune(
+    older_than_hours: Annotated[
+        float, typer.Option(min=0, help="Only folders untouched this long (a younger one may be uploading).")
+    ] = 24.0,
+) -> None:
+    """Remove incomplete version folders (files without a manifest: a publish cut off)."""
+    removed = _registry().prune_incomplete(older_than_hours * 3600)
+    typer.echo(f"removed {len(removed)} incomplete version(s)" + (f": {', '.join(removed)}" if removed else ""))
 
 
 @registry_app.command("show")

@@ -109,6 +109,23 @@ class ModelRegistry:
         folders = {k[len(prefix) :].split("/", 1)[0] for k in self.store.list(prefix) if "/" in k[len(prefix) :]}
         return sorted(folders - set(self.versions()))
 
+    def prune_incomplete(self, older_than_s: float, now_s: float | None = None) -> list[str]:
+        """Remove version folders without a manifest whose newest file is older than ``older_than_s``
+        (a younger one may be a publish still uploading); returns the versions removed, audited."""
+        import time
+
+        now_s = time.time() if now_s is None else now_s
+        removed = []
+        for version in self.incomplete():
+            keys = self.store.list(self.version_key(version) + "/")
+            if keys and now_s - max(self.store.modified(k) for k in keys) < older_than_s:
+                continue
+            for key in keys:
+                self.store.delete(key)
+            self.audit({"action": "prune-incomplete", "version": version, "reason": f"{len(keys)} files, no manifest"})
+            removed.append(version)
+        return removed
+
     def where(self, key: str) -> str:
         return f"{self.store.url}/{key}"
 

@@ -52,6 +52,8 @@ class ArtifactStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
     def link(self, key: str) -> str: ...
+    def modified(self, key: str) -> float: ...
+    def delete(self, key: str) -> None: ...
 
 
 class LocalStore:
@@ -143,6 +145,13 @@ class LocalStore:
 
     def link(self, key: str) -> str:
         return self._path(key).as_uri()
+
+    def modified(self, key: str) -> float:
+        """When the key was last written (unix seconds)."""
+        return self._path(key).stat().st_mtime
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
 
 def _verify_local(path: Path, expected: str, key: str, remove: bool = False) -> str:
@@ -299,6 +308,12 @@ class S3Store:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
             keys += [o["Key"][strip:] for o in page.get("Contents", [])]
         return sorted(keys)
+
+    def modified(self, key: str) -> float:
+        return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["LastModified"].timestamp()
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def link(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         return self.client.generate_presigned_url(

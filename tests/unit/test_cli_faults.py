@@ -117,6 +117,7 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
         "registry rollback": [([], 1, "no champion")],
         "registry publish": [([missing], 2, str(missing)), ([afile], 2, str(afile))],
         "registry audit": [],
+        "registry prune": [],  # its cases: test_registry_cli.py
     }
 
 

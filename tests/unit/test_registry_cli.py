@@ -165,3 +165,15 @@ def test_a_promotion_cut_off_after_the_alias_moved_keeps_its_audit_line(cli, reg
     assert [(e["version"], e["outcome"]) for e in reg.audit_log()][-1] == ("v2", "interrupted")
     shown = cli("registry", "audit").out
     assert "v1" in shown and "v2" in shown
+
+
+def test_prune_removes_only_old_incomplete_versions(cli, registry) -> None:
+    reg, versions = registry
+    reg.store.put_bytes(reg.version_key("v4-cut", "decoder.safetensors"), b"half a publish")
+    young = cli("registry", "prune")
+    assert young.code == 0 and "removed 0" in young.out, "a young folder may be a publish under way"
+    assert reg.incomplete() == ["v4-cut"]
+    old = cli("registry", "prune", "--older-than-hours", "0")
+    assert old.code == 0 and "v4-cut" in old.out
+    assert reg.incomplete() == [] and reg.versions() == versions, "complete versions untouched"
+    assert reg.audit_log()[-1]["action"] == "prune-incomplete"
