@@ -323,6 +323,25 @@ def test_a_full_disk_is_named_for_every_command_that_writes(
         assert not _leftovers(full_disk), f"{name} left {_leftovers(full_disk)}"
 
 
+def test_a_full_home_is_named_by_ingest_and_train(
+    cli, full_disk: Path, synthetic_cracks: Path, tiny_model_dir: Path, monkeypatch
+) -> None:
+    """The stages that write under DRYWALL_HOME (masks, blobs, the local registry) name the file too."""
+    (full_disk / "filler").write_bytes(b"\0" * (60 * 1024))
+    monkeypatch.setenv("DRYWALL_HOME", str(full_disk / "home"))
+    monkeypatch.setenv("DRYWALL_MASK_WORKERS", "1")
+    cases = {
+        "ingest": ["ingest", synthetic_cracks],
+        "train": ["train", "--export", synthetic_cracks, "--out", full_disk / "run", "--model", tiny_model_dir],
+    }
+    for name, args in cases.items():
+        r = cli(*map(str, args))
+        assert r.code == 2, f"{name}: exit {r.code}\n{r.err}"
+        assert "no space left on device" in r.err.lower() and str(full_disk) in r.err, f"{name}: {r.err}"
+        assert "unexpected" not in r.err, r.err
+        assert not _leftovers(full_disk), f"{name} left {_leftovers(full_disk)}"
+
+
 def test_a_failed_train_run_folder_is_taken_back_with_overwrite(tmp_path: Path) -> None:
     """A run that failed early leaves only run.json: a rerun is told to --resume or --overwrite, and
     --overwrite accepts the folder it made (it used to answer 'not a run folder')."""
