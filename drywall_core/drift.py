@@ -49,12 +49,30 @@ IMAGE_FEATURES = [
 ]
 
 
+def _reader_opens(path: Path) -> bool:
+    """Whether the image reader recognises the file's content (its header only; nothing is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+
+
 def find_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive); other files are ignored."""
+    """Image files under ``folder`` (recursive): by extension, and any other file whose content the
+    reader recognises (a photo saved without or with an odd extension is read, not silently dropped).
+    Files that are no image at all (annotations, notes) are not field photos and are left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: image folder not found")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return sorted(
+        p
+        for p in files
+        if p.suffix.lower() in IMAGE_EXTENSIONS or (not p.name.startswith(".") and _reader_opens(p))
+    )
 
 
 def image_features(path: Path, max_pixels: int = 64_000_000) -> dict[str, float]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from drywall_core.annotations import image_size, segmentation_problem, usable_entries
@@ -72,15 +72,34 @@ def render(width: int, height: int, annotations: Iterable[tuple[Any, Any]]) -> n
     return mu.decode(merged).astype(np.uint8) * 255
 
 
-def save_png_atomic(arr: np.ndarray, path: Path) -> None:
-    """Write a PNG under a temporary name in the same folder, then rename (never half a file)."""
+FINGERPRINT_KEY = "drywall-fingerprint"  # a PNG text chunk: what the mask was rendered from
+
+
+def save_png_atomic(arr: np.ndarray, path: Path, fingerprint: str | None = None) -> None:
+    """Write a PNG under a temporary name in the same folder, then rename (never half a file).
+
+    The fingerprint of its inputs travels in the PNG itself, so a rerun after a run that could not
+    save its manifest (a full disk, a kill) still knows which masks are current."""
+    info = None
+    if fingerprint:
+        info = PngImagePlugin.PngInfo()
+        info.add_text(FINGERPRINT_KEY, fingerprint)
     with atomic_open(path, "wb") as f:
-        Image.fromarray(arr, mode="L").save(f, format="PNG", compress_level=1)
+        Image.fromarray(arr, mode="L").save(f, format="PNG", compress_level=1, pnginfo=info)
+
+
+def png_fingerprint(path: Path) -> str | None:
+    """The fingerprint a mask was rendered with (None: none recorded, or not a readable PNG)."""
+    try:
+        with Image.open(path) as im:
+            return im.text.get(FINGERPRINT_KEY) if im.format == "PNG" else None
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def _render_chunk(jobs: list[MaskJob]) -> list[str]:
     for job in jobs:
-        save_png_atomic(render(job.width, job.height, job.annotations), Path(job.out))
+        save_png_atomic(render(job.width, job.height, job.annotations), Path(job.out), job.fingerprint)
     return [j.out for j in jobs]
 
 
@@ -193,6 +212,9 @@ def plan_masks(export: Export, out_dir: Path) -> MaskPlan:
     remove_stale_temps(out_dir)  # left by a killed run
     manifest = _load_manifest(out_dir)
     rel = {j.out: os.path.relpath(j.out, out_dir) for j in jobs}
+    for j in jobs:  # masks the manifest does not know (it was never saved): read their own fingerprint
+        if rel[j.out] not in manifest and Path(j.out).is_file() and png_fingerprint(Path(j.out)) == j.fingerprint:
+            manifest[rel[j.out]] = j.fingerprint
     todo = [j for j in jobs if manifest.get(rel[j.out]) != j.fingerprint or not Path(j.out).is_file()]
     wanted = set(rel.values())
     stale = [k for k in manifest if k not in wanted]

@@ -31,6 +31,7 @@ from deployments.postgres import PostgresServer, postgres_bin
 from deployments.schedules import check_schedules, scheduler_errors, wait_for_schedules
 from tests.conftest import REPO
 from tests.fakes.roboflow_api import FakeRoboflow, zip_export
+from tests.integration.alert_sink import Sink
 from tests.integration.prefect_server import PrefectServer
 
 pytestmark = pytest.mark.integration
@@ -200,6 +201,7 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
     shared = tmp_path / "shared"  # what every host has: the dataset registry file and the base model folder
     shared.mkdir()
     prefix = f"prod-{tmp_path.name}"
+    sink = Sink()  # the operators' Slack channel
     env = {
         **server.env(),
         **s3_server.env(),
@@ -212,6 +214,7 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
         "DRYWALL_BASE_MODEL": str(tiny_model_dir),
         "DRYWALL_TRAIN_PROFILE": "tiny-demo",  # the tiny model's recipe, by name: hosts' settings, not parameters
         "DRYWALL_MASK_WORKERS": "1",
+        "DRYWALL_ALERT_WEBHOOK_URL": sink.url,  # create-pools.sh sets up the alert automations
     }
     env.pop("DRYWALL_HOME", None)
     _run(["bash", "deployments/create-pools.sh"], env)
@@ -300,6 +303,12 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
         assert "no heartbeat" in (crash["message"] or ""), crash
         detected = datetime.fromisoformat(crash["timestamp"].replace("Z", "+00:00")) - killed_at
         assert detected.total_seconds() < 40 + 60, f"Crashed {detected} after the kill (window 40 s)"
+        crashed_name = attempts[0]["name"]
+        deadline = time.monotonic() + 60
+        while not [m for m in sink.messages if crashed_name in m.get("text", "")] and time.monotonic() < deadline:
+            time.sleep(1)
+        alerts = [m for m in sink.messages if crashed_name in m.get("text", "")]
+        assert len(alerts) == 1 and "Crashed" in alerts[0]["text"], sink.messages
         staged = json.loads(reg.store.get_bytes(f"staging/{forced}/candidate.json"))
         assert staged["resumed"] is True, "the second attempt went on from the first one's checkpoint"
         versions = reg.versions()
@@ -347,3 +356,4 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
         for w in workers:
             w.wait(30)
         fake.__exit__(None, None, None)
+        sink.server.shutdown()

@@ -8,11 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ import pytest
 from deployments.schedules import scheduler_errors, wait_for_schedules
 from drywall_core.webhooks import sign
 from tests.conftest import REPO
+from tests.integration.alert_sink import Sink
 from tests.integration.prefect_server import PrefectServer, free_port, http_ok_within
 
 pytestmark = pytest.mark.integration
@@ -28,30 +27,6 @@ BIN = Path(sys.executable).parent
 SECRET = "whsec-test-7f3a9c"
 API_AUTH_STRING = "drywall:webhook-stack-Secret-2"  # the Prefect API demands basic auth, as in the stack
 API_AUTH = tuple(API_AUTH_STRING.split(":", 1))
-
-
-class Sink:
-    """A Slack-compatible incoming webhook on loopback: records every JSON body posted to it."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                sink.messages.append(json.loads(body or b"{}"))
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/XXXX"
 
 
 @pytest.fixture(scope="module")

@@ -136,6 +136,9 @@ def test_an_animated_gif_among_field_photos_is_read_not_ignored(tmp_path) -> Non
     frames = [Image.fromarray(np.full((40, 60, 3), v, np.uint8)) for v in (10, 200)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "still.jfif", format="JPEG")
-    assert [p.name for p in find_images(tmp_path)] == ["anim.gif", "still.jfif"]
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "IMG_0042", format="JPEG")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    found = [p.name for p in find_images(tmp_path)]
+    assert found == ["IMG_0042", "anim.gif", "still.jfif"], "a photo without an extension is read too"
     features = image_features(tmp_path / "anim.gif")
     assert features["width"] == 60 and abs(features["brightness_mean"] - 10 / 255) < 0.01, "the first frame"

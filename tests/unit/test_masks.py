@@ -192,3 +192,18 @@ def test_two_renders_of_one_export_into_one_folder_both_succeed(synthetic_cracks
     assert not errors, errors
     assert sorted(r.rendered for r in results)[0] == 0, "the second found the first's masks"
     assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_a_rerun_after_a_lost_manifest_renders_only_what_is_missing(synthetic_cracks, tmp_path) -> None:
+    """A run that could not save its manifest (a full disk, a kill before the first save) used to make
+    the rerun render everything: each mask carries the fingerprint of its inputs."""
+    from drywall_core.exports import open_export
+    from drywall_core.masks import MANIFEST, render_masks
+
+    export, out = open_export(synthetic_cracks), tmp_path / "masks"
+    first = render_masks(export, out, workers=1, progress=False)
+    (out / MANIFEST).unlink()
+    victim = sorted(out.rglob("*.png"))[0]
+    victim.unlink()
+    again = render_masks(export, out, workers=1, progress=False)
+    assert again.rendered == 1 and again.skipped == first.rendered - 1, again
