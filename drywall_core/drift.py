@@ -69,9 +69,7 @@ def find_images(folder: Path) -> list[Path]:
         raise InputError(f"{folder}: image folder not found")
     files = [p for p in folder.rglob("*") if p.is_file()]
     return sorted(
-        p
-        for p in files
-        if p.suffix.lower() in IMAGE_EXTENSIONS or (not p.name.startswith(".") and _reader_opens(p))
+        p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS or (not p.name.startswith(".") and _reader_opens(p))
     )
 
 
