@@ -85,7 +85,7 @@ def test_ingest_fails_cleanly_on_a_broken_export(prefect_api, synthetic_cracks: 
     assert "bbox width not positive" in arts["validation-failures-cracks"].data
 
 
-HOSTILE_NAME = "wall `01` <img src=x onerror=alert(1)> [x](javascript:alert(1)) <script>alert(2)</script>"
+HOSTILE_NAME = "wall `01` <img src=x onerror=alert(1)> [x](javascript:alert(1)) <script>alert(2)"  # no "/": a file name
 
 
 def _inert(markdown_text: str) -> None:
