@@ -12,7 +12,7 @@ from prefect.tasks import exponential_backoff
 
 from drywall_core import drift as d
 from drywall_core.config import get_settings
-from drywall_core.errors import CheckFailed
+from drywall_core.errors import CheckFailed, InputError
 from drywall_core.fsutil import inside
 from drywall_core.markup import md
 from drywall_core.monitoring import record_drift
@@ -21,7 +21,18 @@ from tasks.artifacts import link, markdown, upload_report
 from tasks.monitoring import record
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(2))
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry network trouble, never a refused name (it would be refused again)."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may pass on a retry
+        return True
+    return True
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(2), retry_condition_fn=_transient)
 def fetch_s3_images_task(bucket: str, keys: list[str] | None, prefix: str | None, dest: str) -> str:
     """Download the given objects (or every image under ``prefix``) from S3 into ``dest``."""
     s = get_settings()

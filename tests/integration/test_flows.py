@@ -328,6 +328,18 @@ def test_retrain_and_drift_on_the_s3_store(
     assert out["n_current"] == 20 and out["champion"] == result["version"]
     assert out["drift_detected"] is True, "real drywall photos against a synthetic-wall reference"
 
+    # the flows check keys again (the receiver is not the only way in): refused by name, at once
+    import time
+
+    escape = tmp_path / "escape"
+    t0 = time.monotonic()
+    refused = drift(
+        bucket=s3_server.bucket, keys=[f"{prefix}-field/day1/x.jpg", str(escape / "E.jpg")], return_state=True
+    )
+    assert refused.is_failed() and "S3 key" in str(refused.message) and "absolute path" in str(refused.message)
+    assert time.monotonic() - t0 < 30, "a refused name is not retried"
+    assert not escape.exists()
+
 
 def _event(name: str, event_id: str) -> dict | None:
     import time
