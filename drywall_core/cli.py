@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pydantic
 import typer
@@ -217,7 +217,7 @@ def model_info(model: Annotated[str, typer.Argument(help="Model id, folder or fi
     """Show a model's base, revision, sizes and (for artifacts) its recorded metrics."""
     from drywall_core.model import load_model
 
-    loaded = load_model(model)
+    loaded = load_model(resolve_model(model, get_settings()))
     total = sum(p.numel() for p in loaded.model.parameters())
     dec = sum(p.numel() for p in loaded.model.decoder.parameters())
     typer.echo(f"base: {loaded.base_id} (revision {loaded.revision})")
@@ -344,7 +344,7 @@ def evaluate(
         raise InputError(f"--split must be 'val' or 'all', not '{split}'")
     samples, specs = _samples(export, dataset)
     chosen = [x for x in samples if split == "all" or x.side == "val"]
-    loaded = load_model(model)
+    loaded = load_model(resolve_model(model, get_settings()))
     metrics = run_eval(loaded, chosen, specs, batch_size=batch_size)
     write_reports(loaded, chosen, specs, metrics, out)
     typer.echo(markdown_table(metrics))
@@ -370,7 +370,9 @@ def predict(
     from drywall_core.model import load_model
     from drywall_core.predict import for_inference, predict_files
 
-    loaded = for_inference(load_model(model), precision or get_settings().inference_precision)
+    loaded = for_inference(
+        load_model(resolve_model(model, get_settings())), precision or get_settings().inference_precision
+    )
     report = predict_files(loaded, images, prompt, out, batch_size=batch_size, threshold=threshold)
     for path, why in report.failed:
         _err(f"{path}: cannot read image ({why}); skipped")
@@ -426,6 +428,7 @@ def label_queue(
     if not photos:
         raise InputError(f"{images}: no images (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     store = store_from_settings(s)
+    model = resolve_model(model, s)
     loaded = for_inference(load_model(model), s.inference_precision)
     version = loaded.manifest.get("version") or Path(model).name
     batch = batch or lq.default_batch()
@@ -434,7 +437,7 @@ def label_queue(
         for item in run.skipped:
             _err(f"{item['image']}: cannot read image ({item['reason']}); skipped")
         paths = {p.sha256: p.path for p in photos}
-        other = for_inference(load_model(challenger), s.inference_precision) if challenger else None
+        other = for_inference(load_model(resolve_model(challenger, s)), s.inference_precision) if challenger else None
         k = top or s.label_queue.per_run
         items, before = lq.select(store, run.frame, paths, Path(tmp), workspace, project, prompt, k, other)
         if dry_run is not None:
@@ -507,7 +510,7 @@ def drift(
         from drywall_core.model import load_model
         from drywall_core.predict import for_inference
 
-        loaded = for_inference(load_model(model), s.inference_precision)
+        loaded = for_inference(load_model(resolve_model(model, s)), s.inference_precision)
         prompts = prompt or ["segment crack", "segment taping area"]
         d.add_model_signals(cur, loaded, prompts)
         if not reference.is_file():
@@ -542,6 +545,13 @@ registry_app = typer.Typer(no_args_is_help=True, help="Model registry: versions,
 app.add_typer(registry_app, name="registry")
 
 
+def resolve_model(ref: str | Path, settings: Any) -> str:
+    """``registry:champion`` / ``registry:<version>`` -> a verified local copy (imported lazily: torch)."""
+    from drywall_core.registry import resolve_model as resolve
+
+    return resolve(ref, settings)
+
+
 def _registry():
     from drywall_core.registry import ModelRegistry
     from drywall_core.storage import LocalStore, store_from_settings
@@ -553,6 +563,21 @@ def _registry():
         where += " (empty: no such folder; is DRYWALL_HOME right?)"
     _err(f"registry: {where}")  # where it looked, so an empty answer is not a mystery
     return reg
+
+
+def _version_history(log: list[dict[str, Any]]) -> dict[str, str]:
+    """Per version, what the audit log says happened to it last: promoted before, or refused."""
+    moved = ("promote", "manual-promote", "forced-promote", "rollback")
+    status: dict[str, str] = {}
+    for e in log:
+        v = e.get("version")
+        if not v:
+            continue
+        if e.get("action") in moved and not str(e.get("outcome", "done")).startswith("interrupted"):
+            status[v] = "promoted before"
+        elif e.get("action") == "refuse" and status.get(v) != "promoted before":
+            status[v] = "refused"
+    return status
 
 
 @registry_app.command("list")
@@ -572,15 +597,21 @@ def registry_list() -> None:
             f"{reg.where(reg.alias_key)}: the champion alias names version '{champion}', which does not exist "
             "(repair: drywall registry promote VERSION --force)"
         )
+    history = _version_history(reg.audit_log())
     for v in versions:
         try:
-            m = reg.show(v).get("metrics", {})
+            record = reg.show(v)
         except CorruptRecord as exc:
             problems.append(str(exc))
             typer.echo(f"! {v}  unreadable")
             continue
+        m = record.get("metrics", {})
         mark = "*" if v == champion else " "
-        typer.echo(f"{mark} {v}  mIoU {m.get('miou', float('nan')):.3f}  Dice {m.get('mean_dice', float('nan')):.3f}")
+        status = "champion" if v == champion else history.get(v, "published")
+        typer.echo(
+            f"{mark} {v}  mIoU {m.get('miou', float('nan')):.3f}  Dice {m.get('mean_dice', float('nan')):.3f}"
+            f"  {record.get('published_at', '-')}  {status}"
+        )
     for v in reg.incomplete():
         typer.echo(f"? {v}  incomplete: files without a manifest (a cut publish, or one under way; see registry prune)")
     if not champion and not problems:
@@ -589,6 +620,25 @@ def registry_list() -> None:
         _err(f"error: {line}")
     if problems:
         raise CheckFailed(f"{len(problems)} unreadable registry record(s)")
+
+
+@registry_app.command("pull")
+def registry_pull(
+    version: Annotated[str, typer.Argument(help="Version id, or 'champion'.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the version into (verified, loadable as --model).")],
+) -> None:
+    """Download a version (every file checked against its sha256) into OUT."""
+    from drywall_core.fsutil import refuse_non_folder
+
+    reg = _registry()
+    v = reg.champion_version() if version == "champion" else version
+    if not v:
+        raise CheckFailed("no champion yet")
+    refuse_non_folder(out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out}: folder exists and is not empty")
+    reg.download(v, out)
+    typer.echo(f"pulled {v} into {out}")
 
 
 @registry_app.command("prune")

@@ -351,3 +351,35 @@ class ModelRegistry:
                 e = {**e, "outcome": outcome}
             folded.append(e)
         return folded
+
+
+REGISTRY_REF = "registry:"
+
+
+def resolve_model(ref: str | Path, settings: Any) -> str:
+    """``registry:champion`` or ``registry:<version>`` (of the registry in force, local or S3) as a
+    verified local copy under ``$DRYWALL_HOME/models/registry/``; any other reference unchanged.
+
+    Without this, ``--model champion`` was taken for a hub id and failed after 42 s of retries."""
+    ref = str(ref)
+    if not ref.startswith(REGISTRY_REF):
+        return ref
+    from drywall_core.storage import store_from_settings
+
+    what = ref[len(REGISTRY_REF) :]
+    reg = ModelRegistry(store_from_settings(settings), settings.model_name)
+    version = reg.champion_version() if what == "champion" else what
+    if not version:
+        raise CheckFailed(f"{ref}: {reg.where(reg.alias_key)} names no champion yet")
+    check_segment(version, f"model version of '{ref}'")
+    dest = Path(settings.home) / "models" / "registry" / reg.name / version
+    if not (dest / MANIFEST_FILE).is_file():
+        with tempfile.TemporaryDirectory(dir=ensure_parent(dest)) as tmp:
+            reg.download(version, Path(tmp) / version)
+            (Path(tmp) / version).rename(dest)
+    return str(dest)
+
+
+def ensure_parent(path: Path) -> Path:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(path).parent

@@ -118,6 +118,7 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
         "registry publish": [([missing], 2, str(missing)), ([afile], 2, str(afile))],
         "registry audit": [],
         "registry prune": [],  # its cases: test_registry_cli.py
+        "registry pull": [(["v-missing", tmp / "pulled"], 2, "v-missing"), (["champion", afile], 1, "no champion")],
     }
 
 

@@ -177,3 +177,37 @@ def test_prune_removes_only_old_incomplete_versions(cli, registry) -> None:
     assert old.code == 0 and "v4-cut" in old.out
     assert reg.incomplete() == [] and reg.versions() == versions, "complete versions untouched"
     assert reg.audit_log()[-1]["action"] == "prune-incomplete"
+
+
+def test_a_model_reference_names_a_registry_version(cli, registry, tmp_path: Path) -> None:
+    """`--model registry:champion` / `registry:<version>` wherever a model is taken, `registry pull`,
+    and `registry list` with each version's date and status."""
+    import numpy as np
+    from PIL import Image
+
+    reg, versions = registry
+    photo = tmp_path / "wall.jpg"
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(photo)
+    none_yet = cli("predict", photo, "--prompt", "segment crack", "--model", "registry:champion", "--out", tmp_path)
+    assert none_yet.code == 1 and "names no champion yet" in none_yet.err, none_yet.err
+    assert cli("registry", "promote", "v2").code == 0
+    r = cli("predict", photo, "--prompt", "segment crack", "--model", "registry:champion", "--out", tmp_path / "p")
+    assert r.code == 0, r.err
+    assert (tmp_path / "p" / "wall__segment_crack.png").is_file()
+    pinned = cli("model", "info", "registry:v3")
+    assert pinned.code == 0, pinned.err
+    missing = cli("model", "info", "registry:v-nope")
+    assert missing.code == 2 and "v-nope" in missing.err, missing.err
+    hostile = cli("model", "info", "registry:../v1")
+    assert hostile.code == 2 and "model version" in hostile.err, hostile.err
+
+    pulled = cli("registry", "pull", "champion", tmp_path / "pulled")
+    assert pulled.code == 0 and (tmp_path / "pulled" / "decoder.safetensors").is_file(), pulled.err
+    assert cli("model", "info", tmp_path / "pulled").code == 0, "a pulled version loads as --model"
+
+    assert cli("registry", "promote", "v3").code == 0
+    lines = {
+        ln.split()[1] if ln.startswith("*") else ln.split()[0]: ln for ln in cli("registry", "list").out.splitlines()
+    }
+    assert lines["v3"].endswith("champion") and lines["v2"].endswith("promoted before"), lines
+    assert lines["v1"].endswith("published") and "T" in lines["v1"].split()[5], "the publish date is shown"
