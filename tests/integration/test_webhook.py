@@ -316,6 +316,8 @@ def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(sta
     names = httpx.post(f"{api}/automations/filter", json={}, auth=API_AUTH, timeout=30).json()
     alerts = [a["name"] for a in names if a["name"].startswith("drywall: ")]
     assert sorted(alerts) == sorted(set(alerts)) and len(alerts) == 5, "setup twice updates, never duplicates"
+    # the zombie-run automation is always there (its effect: the production-path test kills a host)
+    assert "drywall: crash runs whose heartbeats stopped" in alerts
 
     r = subprocess.run([sys.executable, "-c", FAILING_FLOW], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -373,59 +375,3 @@ def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(sta
     assert not about("v13"), "a refusal without a regression is not an alert"
     (regressed,) = about("champion v9 regressed")
     assert "crack: mIoU 0.610 -> 0.500" in regressed["text"]
-
-
-HUNG_FLOW = """
-import time
-from prefect import flow
-
-@flow(name="drywall-zombie-probe")
-def hung():
-    time.sleep(600)
-
-hung()
-"""
-
-
-def test_a_run_whose_process_dies_is_crashed_and_alerted(stack) -> None:
-    """SIGKILL leaves a run Running for ever; its heartbeats stop, the automation marks it Crashed
-    within a bounded time, and the failed-run alert reports it."""
-    from deployments.alerts import ZOMBIE_NAME
-
-    api, sink, env = stack["api"], stack["sink"], stack["env"]
-    names = [a["name"] for a in httpx.post(f"{api}/automations/filter", json={}, auth=API_AUTH, timeout=30).json()]
-    assert ZOMBIE_NAME in names, "drywall alerts setup (create-pools.sh) created it"
-    # the production window is 180 s (6 heartbeats); 40 s keeps the test short and still > 1 heartbeat
-    script = (
-        "from datetime import timedelta; from deployments.alerts import ensure_zombie_automation; "
-        "ensure_zombie_automation(timedelta(seconds=40))"
-    )
-    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr[-2000:]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HUNG_FLOW],
-        env={**env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    body = {"flows": {"name": {"any_": ["drywall-zombie-probe"]}}}
-
-    def the_run() -> dict | None:
-        runs = httpx.post(f"{api}/flow_runs/filter", json=body, auth=API_AUTH, timeout=30).json()
-        return runs[0] if runs else None
-
-    try:
-        running = wait_for(lambda: (run := the_run()) and run["state_type"] == "RUNNING" and run, timeout=60)
-        assert running, "the probe flow started"
-        assert wait_for(lambda: [e for e in events(api, "prefect.flow-run.heartbeat")], timeout=30), "heartbeats"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    killed = time.monotonic()
-    crashed = wait_for(lambda: (run := the_run()) and run["state_type"] == "CRASHED" and run, timeout=120, every=2)
-    assert crashed, f"still {the_run()['state_type']} {time.monotonic() - killed:.0f}s after the kill"
-    assert "no heartbeat" in crashed["state"]["message"]
-    assert _wait_for(lambda: [m for m in sink.messages if crashed["name"] in m.get("text", "")], timeout=60)
-    (alert,) = [m for m in sink.messages if crashed["name"] in m.get("text", "")]
-    assert "Crashed" in alert["text"] and "drywall-zombie-probe" in alert["text"]
