@@ -441,7 +441,7 @@ def label_queue(
         k = top or s.label_queue.per_run
         items, before = lq.select(store, run.frame, paths, Path(tmp), workspace, project, prompt, k, other)
         if dry_run is not None:
-            with staged_dir(dry_run, "label-queue") as staged:
+            with staged_dir(dry_run, "label-queue") as staged, naming_full_disk(dry_run):
                 report = lq.write_dry_run(items, label, batch, staged)
             typer.echo(f"dry run: {len(report.queued)} images would be queued in {workspace}/{project} ({batch})")
             for e in report.queued:
@@ -518,7 +518,8 @@ def drift(
             ref_frame = ref_table.frame
     for item in cur.skipped:
         _err(f"{item['path']}: skipped ({item['reason']})")
-    result = d.run_drift(ref_frame, cur, out, share, reference_skipped=ref_skipped)
+    with naming_full_disk(out):
+        result = d.run_drift(ref_frame, cur, out, share, reference_skipped=ref_skipped)
     sm = result.summary
     if workspace:
         from drywall_core.datasets import load_registry

@@ -282,7 +282,11 @@ def run_drift(
     }
     html = out / "drift.html"
     tmp = out / ".drift.html.tmp"
-    snapshot.save_html(str(tmp))
-    os.replace(tmp, html)
+    try:
+        snapshot.save_html(str(tmp))
+        os.replace(tmp, html)
+    except BaseException:  # a full disk or an interrupt: no half-written report left behind
+        tmp.unlink(missing_ok=True)
+        raise
     atomic_write_text(out / "drift.json", json.dumps(summary, indent=2))
     return DriftResult(summary, out / "drift.json", html, snapshot)

@@ -314,6 +314,31 @@ def test_a_full_disk_is_named_for_every_command_that_writes(
         "model init-tiny": ["model", "init-tiny", full_disk / "tiny"],
         "split": ["split", synthetic_cracks, "--out", full_disk / "split.json"],
         "validate --report": ["validate", synthetic_cracks, "--report", full_disk / "report.json"],
+        "evaluate": ["evaluate", "--model", tiny_model_dir, "--export", synthetic_cracks, "--out", full_disk / "ev"],
+        "drift": [
+            "drift",
+            "--reference",
+            synthetic_cracks / "train",
+            "--current",
+            synthetic_cracks / "valid",
+            "--out",
+            full_disk / "drift",
+        ],
+        "label-queue --dry-run": [
+            "label-queue",
+            "--model",
+            tiny_model_dir,
+            "--images",
+            photo.parent,
+            "--workspace",
+            "ws",
+            "--project",
+            "proj",
+            "--prompt",
+            "segment crack",
+            "--dry-run",
+            full_disk / "queue",
+        ],
     }
     for name, args in cases.items():
         r = cli(*map(str, args))
