@@ -21,6 +21,7 @@ from urllib.parse import quote, quote_plus
 
 from drywall_core.errors import DrywallError, InputError
 from drywall_core.exports import LINEAGE_FILE, missing_images, open_export
+from drywall_core.fsutil import DISK_FULL, naming_full_disk
 from drywall_core.sources.atomic import check_target, staged_dir
 from drywall_core.sources.local import write_lineage
 
@@ -102,6 +103,10 @@ def with_retries(what: str, attempt_fn, api_key: str, retries: int, backoff_s: f
         try:
             return attempt_fn()
         except Exception as exc:  # noqa: BLE001 - classify, retry or re-raise with a clean message
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                if cleanup:
+                    cleanup()
+                raise  # not the network: a full disk is named by the caller, and retrying cannot help
             msg = redact(f"{type(exc).__name__}: {exc}", api_key)
             if cleanup:
                 cleanup()
@@ -175,7 +180,7 @@ def pull_roboflow(
     if not api_key:
         raise InputError("no Roboflow API key: set DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY")
     point_sdk_at(api_url)
-    with staged_dir(out, "pull") as tmp:
+    with staged_dir(out, "pull") as tmp, naming_full_disk(out):
         dest = tmp / "export"
         with_retries(
             f"roboflow {workspace}/{project}/{version}: download",

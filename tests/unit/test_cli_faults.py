@@ -387,3 +387,33 @@ def test_a_failed_train_run_folder_is_taken_back_with_overwrite(tmp_path: Path) 
     with pytest.raises(InputError, match="not a run folder"):
         _claim_run_folder(stranger, resume=False, overwrite=True)
     assert (stranger / "IMG_1.jpg").exists()
+
+
+def test_a_full_disk_is_named_by_pull_and_registry_pull(
+    cli, full_disk: Path, synthetic_cracks: Path, artifact_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The Roboflow pull (real SDK, loopback stand-in) and a registry download onto a full disk."""
+    from drywall_core.registry import ModelRegistry
+    from drywall_core.storage import LocalStore
+    from tests.fakes.roboflow_api import FakeRoboflow, zip_export
+
+    reg = ModelRegistry(LocalStore(tmp_path / "home" / "registry"), "clipseg-drywall")
+    version = reg.publish(artifact_dir, version="v1")["version"]
+    reg.promote(version, None)
+    (full_disk / "filler").write_bytes(b"\0" * (60 * 1024))
+    with FakeRoboflow("site-qa", "cracks-3ii36", 1, zip_export(synthetic_cracks), "testKey-abc123") as fake:
+        monkeypatch.setenv("DRYWALL_ROBOFLOW_API_URL", fake.url)
+        monkeypatch.setenv("DRYWALL_ROBOFLOW_API_KEY", "testKey-abc123")
+        monkeypatch.setenv("DRYWALL_PULL_RETRIES", "0")
+        cases = {
+            "pull": ["pull", "--workspace", "site-qa", "--project", "cracks-3ii36", "--version", "1", "--out"]
+            + [full_disk / "export"],
+            "registry pull": ["registry", "pull", "champion", full_disk / "pulled"],
+        }
+        for name, args in cases.items():
+            r = cli(*map(str, args))
+            assert r.code == 2, f"{name}: exit {r.code}\n{r.err}"
+            assert "no space left on device" in r.err.lower() and str(full_disk) in r.err, f"{name}: {r.err}"
+            assert "unexpected" not in r.err, r.err
+            assert not _leftovers(full_disk), f"{name} left {_leftovers(full_disk)}"
+    assert not (full_disk / "export").exists(), "a failed pull leaves --out absent"
