@@ -125,14 +125,31 @@ def _flow_runs(api: str, flow_name: str) -> list[dict]:
     return _api(api, "POST", "flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
 
 
-def _schedule_in_a_minute(api: str, deployment: str) -> str:
-    """Move the deployment's cron to the coming minute (at least 20 s away); returns that time."""
-    at = (datetime.now(UTC) + timedelta(seconds=80)).replace(second=0, microsecond=0)
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _schedule_soon(api: str, deployment: str) -> str:
+    """Move the deployment's cron to a minute shortly ahead and wait until the scheduler has made
+    the run for it; returns that time. A scheduler pass that comes only after the minute (a loaded
+    machine) makes tomorrow's run instead: then a minute further ahead is tried."""
     dep = _api(api, "GET", f"deployments/name/{deployment}")
     (schedule,) = dep["schedules"]
-    cron = f"{at.minute} {at.hour} * * *"
-    _api(api, "PATCH", f"deployments/{dep['id']}/schedules/{schedule['id']}", {"schedule": {"cron": cron}})
-    return at.isoformat()
+    for margin_s in (60, 120, 180):
+        at = (datetime.now(UTC) + timedelta(seconds=margin_s + 59)).replace(second=0, microsecond=0)
+        cron = f"{at.minute} {at.hour} * * *"
+        patched = datetime.now(UTC)
+        _api(api, "PATCH", f"deployments/{dep['id']}/schedules/{schedule['id']}", {"schedule": {"cron": cron}})
+        while datetime.now(UTC) < at:
+            runs = _api(api, "POST", "flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}}})
+            fresh = [r for r in runs if r["auto_scheduled"] and _when(r["created"]) >= patched]
+            made = [r["expected_start_time"][:16] for r in fresh]
+            if at.isoformat()[:16] in made:
+                return at.isoformat()
+            if any(m > at.isoformat()[:16] for m in made):  # it skipped our minute: scheduled after it
+                break
+            time.sleep(2)
+    raise AssertionError("the scheduler never made a run for the coming minute")
 
 
 def _kill_host(worker: subprocess.Popen) -> None:
@@ -256,7 +273,7 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
     try:
         # 1. the scheduler's run (no parameters): latest registered version pulled on the cpu host,
         #    trained on the gpu host
-        due = _schedule_in_a_minute(api, "retrain/retrain-nightly")
+        due = _schedule_soon(api, "retrain/retrain-nightly")
         scheduled = _wait_for_scheduled_run(api, "retrain/retrain-nightly", timeout=620)
         assert scheduled["state_type"] == "COMPLETED", scheduled["state"]
         assert scheduled["expected_start_time"].startswith(due[:16]) and scheduled["parameters"] == {
