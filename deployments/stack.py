@@ -357,7 +357,7 @@ class Stack:
 
     def _check_schedules(self, state: dict[str, Any]) -> None:
         api = f"http://127.0.0.1:{state['prefect_port']}/api"
-        missing = [c for c in wait_for_schedules(api, state["prefect_auth"], timeout=90) if not c.ok]
+        missing = [c for c in wait_for_schedules(api, state["prefect_auth"], timeout=180) if not c.ok]
         if missing:
             raise StackError("; ".join(f"schedule {c.deployment}: {c.reason}" for c in missing))
 

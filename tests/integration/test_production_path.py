@@ -242,7 +242,7 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
     for name in DEPLOYMENTS:
         assert f"Deployment '{name}' successfully created" in deployed.stdout.replace("\n", " ").replace("│", "")
     # the scheduler (on PostgreSQL) creates upcoming runs for every cron deployment, and logs no error
-    checks = wait_for_schedules(server.api_url, AUTH, timeout=90, expect=len(CRON_DEPLOYMENTS))
+    checks = wait_for_schedules(server.api_url, AUTH, timeout=180, expect=len(CRON_DEPLOYMENTS))
     assert [c.deployment for c in checks] == CRON_DEPLOYMENTS and all(c.ok for c in checks), checks
     assert not scheduler_errors(server.log.read_text()), scheduler_errors(server.log.read_text())[:5]
     with pytest.raises(httpx.HTTPStatusError, match="401"):

@@ -124,7 +124,7 @@ def flow_runs(api: str, deployment: str) -> list[dict]:
 def test_every_cron_deployment_gets_upcoming_runs_on_sqlite(stack) -> None:
     """The scheduler (on SQLite here; on PostgreSQL in the production-path test) makes the upcoming
     runs of every cron deployment of prefect.yaml, and its log holds no scheduler or database error."""
-    checks = wait_for_schedules(stack["api"], API_AUTH_STRING, timeout=90, expect=3)
+    checks = wait_for_schedules(stack["api"], API_AUTH_STRING, timeout=180, expect=3)
     assert [c.deployment for c in checks] == [
         "drift/drift-daily",
         "evaluate-champion/evaluate-nightly",
