@@ -205,6 +205,7 @@ def _wait_for_scheduled_run(api: str, deployment: str, timeout: float) -> dict:
     raise AssertionError(f"the scheduler's run of {deployment} did not finish in {timeout:.0f}s: {runs}")
 
 
+@pytest.mark.timeout(1500)  # about 7 minutes: a scheduled run, a killed host, a 60 s API outage, field photos
 def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
     server, s3_server, tiny_model_dir: Path, synthetic_root: Path, tmp_path: Path
 ) -> None:

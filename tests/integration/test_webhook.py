@@ -87,7 +87,7 @@ def post(
         "X-Drywall-Signature": signature or sign(secret, stamp, body),
         "Content-Type": "application/json",
     }
-    return httpx.post(f"{url}{path}", content=body, headers=headers, timeout=30)
+    return httpx.post(f"{url}{path}", content=body, headers=headers, timeout=60)
 
 
 def events(api: str, name: str) -> list[dict]:
