@@ -300,6 +300,18 @@ def _leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
 
 
+def _assert_full_disk_named(cli, full_disk: Path, cases: dict[str, list]) -> None:
+    """Each command on the full disk: exit 2, the path and "no space left on device", never a bug
+    report, and no temporary file left behind."""
+    for name, args in cases.items():
+        r = cli(*map(str, args))
+        assert r.code == 2, f"{name}: exit {r.code}\n{r.err}"
+        assert "no space left on device" in r.err.lower(), f"{name}: {r.err}"
+        assert "unexpected" not in r.err and "a bug" not in r.err, f"{name}: {r.err}"
+        assert str(full_disk) in r.err, f"{name} names the path: {r.err}"
+        assert not _leftovers(full_disk), f"{name} left {_leftovers(full_disk)}"
+
+
 def test_a_full_disk_is_named_for_every_command_that_writes(
     cli, full_disk: Path, synthetic_cracks: Path, tiny_model_dir: Path, photo: Path
 ) -> None:
@@ -340,13 +352,7 @@ def test_a_full_disk_is_named_for_every_command_that_writes(
             full_disk / "queue",
         ],
     }
-    for name, args in cases.items():
-        r = cli(*map(str, args))
-        assert r.code == 2, f"{name}: exit {r.code}\n{r.err}"
-        assert "no space left on device" in r.err.lower(), f"{name}: {r.err}"
-        assert "unexpected" not in r.err and "a bug" not in r.err, f"{name}: {r.err}"
-        assert str(full_disk) in r.err, f"{name} names the path: {r.err}"
-        assert not _leftovers(full_disk), f"{name} left {_leftovers(full_disk)}"
+    _assert_full_disk_named(cli, full_disk, cases)
 
 
 def test_a_full_home_is_named_by_ingest_and_train(
@@ -360,12 +366,7 @@ def test_a_full_home_is_named_by_ingest_and_train(
         "ingest": ["ingest", synthetic_cracks],
         "train": ["train", "--export", synthetic_cracks, "--out", full_disk / "run", "--model", tiny_model_dir],
     }
-    for name, args in cases.items():
-        r = cli(*map(str, args))
-        assert r.code == 2, f"{name}: exit {r.code}\n{r.err}"
-        assert "no space left on device" in r.err.lower() and str(full_disk) in r.err, f"{name}: {r.err}"
-        assert "unexpected" not in r.err, r.err
-        assert not _leftovers(full_disk), f"{name} left {_leftovers(full_disk)}"
+    _assert_full_disk_named(cli, full_disk, cases)
 
 
 def test_a_failed_train_run_folder_is_taken_back_with_overwrite(tmp_path: Path) -> None:
@@ -410,10 +411,5 @@ def test_a_full_disk_is_named_by_pull_and_registry_pull(
             + [full_disk / "export"],
             "registry pull": ["registry", "pull", "champion", full_disk / "pulled"],
         }
-        for name, args in cases.items():
-            r = cli(*map(str, args))
-            assert r.code == 2, f"{name}: exit {r.code}\n{r.err}"
-            assert "no space left on device" in r.err.lower() and str(full_disk) in r.err, f"{name}: {r.err}"
-            assert "unexpected" not in r.err, r.err
-            assert not _leftovers(full_disk), f"{name} left {_leftovers(full_disk)}"
+        _assert_full_disk_named(cli, full_disk, cases)
     assert not (full_disk / "export").exists(), "a failed pull leaves --out absent"
