@@ -9,9 +9,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from drywall_core.datasets import load_registry
-from drywall_core.samples import Sample, export_samples
-from drywall_core.sources import generate_synthetic
+from drywall_core.data.datasets import load_registry
+from drywall_core.data.samples import Sample, export_samples
+from drywall_core.data.sources import generate_synthetic
 
 
 def data_root() -> Path:
@@ -28,6 +28,24 @@ def crack_samples(n: int) -> tuple[list[Sample], str]:
         where = "synthetic crack sample (real data not found)"
     samples = export_samples(export, load_registry().get("cracks"), tmp / "masks", seed=0, val_fraction=0.2)
     return sorted(samples, key=lambda s: s.image.name)[:n], where
+
+
+def bench_model(smoke: bool = False, seed: int = 0):
+    """The real CLIPSeg architecture with random weights, or (``--smoke``) the tiny model the tests use."""
+    from drywall_core.model.load import RANDOM_REAL, load_base, load_model
+
+    if not smoke:
+        return load_base(RANDOM_REAL, seed=seed)
+    from drywall_core.model.tiny import init_tiny
+
+    return load_model(init_tiny(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny", seed=seed))
+
+
+def smoke_exports() -> Path:
+    """A folder of two small synthetic exports (``--smoke``)."""
+    root = Path(tempfile.mkdtemp(prefix="bench-smoke-")) / "data"
+    generate_synthetic(root, n_sources=4)
+    return root
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:

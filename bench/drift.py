@@ -1,7 +1,7 @@
 """Benchmark: drift feature extraction images/s and the Evidently report time for 1,000 images.
 
 naive: one process, full-resolution decode (no JPEG draft mode), features on the full image.
-ours:  ``drywall_core.drift.extract_features``: JPEG draft decode at reduced scale, features on a
+ours:  ``drywall_core.field.drift.extract_features``: JPEG draft decode at reduced scale, features on a
        fixed 256 px copy, all cores.
 
 Usage: python -m bench.drift [--images 1000]
@@ -15,11 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -35,7 +38,7 @@ if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the reposit
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import data_root, table  # noqa: E402
-from drywall_core.drift import extract_features, find_images, run_drift  # noqa: E402
+from drywall_core.field.drift import extract_features, find_images, run_drift  # noqa: E402
 
 
 def naive_features(path: Path) -> dict[str, float]:
@@ -55,6 +58,8 @@ def naive_features(path: Path) -> dict[str, float]:
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.smoke:
+        args.images = 8
     pool = find_images(data_root())
     if not pool:
         raise SystemExit(f"no images under {data_root()}")

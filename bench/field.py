@@ -19,12 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=24, help="Real crack images (field photos) to predict.")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores).")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -39,10 +42,10 @@ from PIL import Image  # noqa: E402
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import crack_samples, table  # noqa: E402
-from drywall_core.field import FieldImage, predict_field  # noqa: E402
-from drywall_core.model import RANDOM_REAL, load_base  # noqa: E402
-from drywall_core.predict import for_inference, predict_files  # noqa: E402
+from bench._common import bench_model, crack_samples, table  # noqa: E402
+from drywall_core.field.predictions import FieldImage, predict_field  # noqa: E402
+from drywall_core.model.predict import predict_files  # noqa: E402
+from drywall_core.model.runtime import for_inference  # noqa: E402
 
 PROMPTS = ["segment crack", "segment taping area"]
 
@@ -65,10 +68,12 @@ def ours(loaded, paths: list[Path], out: Path) -> float:
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.smoke:
+        args.images = 4
     torch.set_num_threads(args.threads)
     samples, where = crack_samples(args.images)
     paths = [s.image for s in samples]
-    loaded = for_inference(load_base(RANDOM_REAL, seed=0), "int8")
+    loaded = for_inference(bench_model(args.smoke), "int8")
     work = Path(tempfile.mkdtemp(prefix="bench-field-"))
     try:
         ours(loaded, paths[:2], work / "warm")  # warm-up

@@ -2,7 +2,7 @@
 
 naive: pycocotools' COCO API, one ``annToMask`` per annotation OR-ed into the image mask,
        ``Image.save`` with PIL defaults, one process.
-ours:  ``drywall_core.masks.render_masks``: RLEs merged before one decode, fast PNG level,
+ours:  ``drywall_core.data.masks.render_masks``: RLEs merged before one decode, fast PNG level,
        all cores, atomic writes.
 
 Usage: python -m bench.masks [--data DIR] [--repeat N]   (DIR defaults to DRYWALL_SAMPLE_DATA)
@@ -15,9 +15,12 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=default)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -38,8 +42,13 @@ from PIL import Image  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from drywall_core.exports import open_export  # noqa: E402
-from drywall_core.masks import render_masks  # noqa: E402
+from drywall_core.data.exports import open_export  # noqa: E402
+from drywall_core.data.masks import render_masks  # noqa: E402
+
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import smoke_exports  # noqa: E402
 
 
 def naive(export_root: Path, out: Path) -> int:
@@ -72,6 +81,9 @@ def ours(export_root: Path, out: Path) -> int:
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.smoke:
+        args.repeat = 1
+        args.data = smoke_exports()
     exports = sorted(p for p in args.data.glob("*.coco") if p.is_dir())
     if not exports:
         raise SystemExit(f"no *.coco exports under {args.data}")

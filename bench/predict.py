@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
@@ -30,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=8, help="Images per batch in the batched modes.")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores).")
     ap.add_argument("--repeats", type=int, default=3, help="Runs of each timed loop (median reported).")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -45,9 +48,8 @@ from PIL import Image  # noqa: E402
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import crack_samples, table  # noqa: E402
-from drywall_core.model import RANDOM_REAL, load_base  # noqa: E402
-from drywall_core.predict import for_inference, predict_probs  # noqa: E402
+from bench._common import bench_model, crack_samples, table  # noqa: E402
+from drywall_core.model.runtime import for_inference, probabilities_for  # noqa: E402
 
 PROMPT = "segment crack"
 
@@ -71,11 +73,11 @@ def naive(loaded, images) -> tuple[float, list[np.ndarray]]:
 
 
 def ours(loaded, images, batch: int, parallel: bool) -> tuple[float, list[np.ndarray]]:
-    loaded.cpu_parallel = parallel
+    loaded.parallel_images = parallel
     out = []
     t0 = time.perf_counter()
     for i in range(0, len(images), batch):
-        out += predict_probs(loaded, images[i : i + batch], PROMPT)
+        out += probabilities_for(loaded, images[i : i + batch], PROMPT)
     return time.perf_counter() - t0, out
 
 
@@ -90,15 +92,17 @@ def mean_iou(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.smoke:
+        args.images, args.repeats, args.batch_size = 4, 1, 2
     torch.set_num_threads(args.threads)
     samples, where = crack_samples(args.images)
     images = [Image.open(s.image).convert("RGB") for s in samples]
-    naive_model = load_base(RANDOM_REAL, seed=0)
+    naive_model = bench_model(args.smoke)
     naive_model.model.eval()
-    fp32 = for_inference(load_base(RANDOM_REAL, seed=0), "fp32")
-    int8 = for_inference(load_base(RANDOM_REAL, seed=0), "int8")
+    fp32 = for_inference(bench_model(args.smoke), "fp32")
+    int8 = for_inference(bench_model(args.smoke), "int8")
     for loaded in (fp32, int8):
-        predict_probs(loaded, images[:2], PROMPT)  # warm-up
+        probabilities_for(loaded, images[:2], PROMPT)  # warm-up
     n = len(images)
     t_naive, reference = median_run(lambda: naive(naive_model, images), args.repeats)
     rows = [["naive HF call (fp32), one at a time", f"{t_naive:.2f}", f"{n / t_naive:.2f}", "1.000", "1.00x"]]

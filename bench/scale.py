@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
@@ -35,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--workdir", type=Path, default=None, help="Where the exports go (default: a temp folder).")
     ap.add_argument("--keep", action="store_true", help="Keep the work folder.")
     ap.add_argument("--run-stage", nargs=3, metavar=("STAGE", "EXPORT", "WORK"), help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -55,7 +58,7 @@ ANNOTATIONS = "_annotations.coco.json"
 
 def replicate(src: Path, n: int, out: Path) -> int:
     """A crack export of ``n`` images made of copies of ``src`` (same splits' proportions)."""
-    from drywall_core.splits import source_of
+    from drywall_core.data.splits import source_of
 
     splits = {p.parent.name: json.loads(p.read_text()) for p in sorted(src.glob(f"*/{ANNOTATIONS}"))}
     total = sum(len(c["images"]) for c in splits.values())
@@ -92,9 +95,9 @@ def _peak_rss_mb() -> float:
 
 def _samples(export: Path, work: Path) -> tuple[list, dict]:
     """Samples of the stored snapshot, read from its manifest (as a training host reads them)."""
-    from drywall_core.datasets import DatasetSpec
-    from drywall_core.samples import Sample
-    from drywall_core.snapshots import MANIFEST
+    from drywall_core.data.datasets import DatasetSpec
+    from drywall_core.data.samples import Sample
+    from drywall_core.data.snapshots import MANIFEST
 
     (manifest_file,) = (work / "store" / "datasets").rglob(MANIFEST)
     manifest = json.loads(manifest_file.read_text())
@@ -109,9 +112,9 @@ def _samples(export: Path, work: Path) -> tuple[list, dict]:
 
 def run_stage(stage: str, export: Path, work: Path) -> dict[str, float]:
     """One stage on one export, in this process; returns its seconds and peak RSS."""
-    from drywall_core.config import Settings, TrainConfig
-    from drywall_core.datasets import load_registry
-    from drywall_core.exports import open_export
+    from drywall_core.base.config import Settings, TrainConfig
+    from drywall_core.data.datasets import load_registry
+    from drywall_core.data.exports import open_export
 
     settings = Settings(home=work / "home")
     exp = open_export(export)
@@ -119,36 +122,36 @@ def run_stage(stage: str, export: Path, work: Path) -> dict[str, float]:
     tiny = work / "tiny-model"
     t0 = time.perf_counter()
     if stage == "validate":
-        from drywall_core.validation import validate_export
+        from drywall_core.data.validation import validate_export
 
         report = validate_export(exp, spec, settings)
         if not report.success:
             raise SystemExit(f"validation failed: {report.lines()[:3]}")
     elif stage == "masks":
-        from drywall_core.masks import render_masks
+        from drywall_core.data.masks import render_masks
 
         render_masks(exp, work / "masks", workers=0, progress=False)
     elif stage == "snapshot":
-        from drywall_core.ingest import snapshot_export
-        from drywall_core.storage import LocalStore
+        from drywall_core.base.storage import LocalStore
+        from drywall_core.data.ingest import snapshot_export
 
         snapshot_export(export, spec, work / "masks", settings, LocalStore(work / "store"))
     elif stage == "cache-build":
-        from drywall_core.features import ActivationCache, cache_items
-        from drywall_core.model import load_model
+        from drywall_core.model.cache import ActivationCache, cache_items
+        from drywall_core.model.load import load_model
 
         samples, _ = _samples(export, work)
         cache = ActivationCache(work / "cache", load_model(tiny), "int8")
         cache.build(cache_items(samples, flip=False), batch_size=32, progress=False)
     elif stage == "cached-epoch":
-        from drywall_core.model import load_model
-        from drywall_core.train import train
+        from drywall_core.model.load import load_model
+        from drywall_core.model.train import train
 
         samples, specs = _samples(export, work)
         cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-2, flip=False, cache_dtype="int8")
         train(load_model(tiny), samples, specs, cfg, work / "run", work / "cache", progress=False)
     elif stage == "drift-features":
-        from drywall_core.drift import extract_features, find_images
+        from drywall_core.field.drift import extract_features, find_images
 
         extract_features(find_images(export), workers=0, progress=False)
     else:
@@ -158,12 +161,14 @@ def run_stage(stage: str, export: Path, work: Path) -> dict[str, float]:
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.smoke:
+        args.sizes, args.quick = [40, 80], False
     if args.run_stage:  # the child: one stage, one JSON line
         stage, export, work = args.run_stage
         print(json.dumps(run_stage(stage, Path(export), Path(work))))
         return
 
-    from drywall_core.model import init_tiny
+    from drywall_core.model.tiny import init_tiny
 
     src = data_root() / "cracks.v1i.coco"
     if not src.is_dir():
@@ -181,6 +186,9 @@ def main() -> None:
             init_tiny(work / "tiny-model")
             print(f"N={count}: export built in {time.perf_counter() - t0:.0f}s", flush=True)
             for stage in STAGES:
+                if args.smoke:  # in this process: the smoke run checks the code, not the memory
+                    results[stage][count] = run_stage(stage, export, work)
+                    continue
                 cmd = [sys.executable, "-m", "bench.scale", "--run-stage", stage, str(export), str(work)]
                 r = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
                 if r.returncode != 0:

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
@@ -26,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--images", type=int, default=40, help="Images the previous run encoded.")
     ap.add_argument("--new-share", type=float, default=0.1, help="Share of new images in tonight's dataset.")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores).")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -38,21 +41,22 @@ import torch  # noqa: E402
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import crack_samples, table  # noqa: E402
-from drywall_core.features import ActivationCache, CacheItem, SharedCache  # noqa: E402
-from drywall_core.model import RANDOM_REAL, load_base  # noqa: E402
-from drywall_core.storage import LocalStore  # noqa: E402
+from bench._common import bench_model, crack_samples, table  # noqa: E402
+from drywall_core.base.storage import LocalStore  # noqa: E402
+from drywall_core.model.cache import ActivationCache, CacheItem, SharedCache  # noqa: E402
 
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.smoke:
+        args.images = 6
     torch.set_num_threads(args.threads)
     new = max(1, round(args.images * args.new_share))
     samples, where = crack_samples(args.images + new)
     old_items = [CacheItem(s.image) for s in samples[: args.images]]
     all_items = [CacheItem(s.image) for s in samples]
     print(f"{len(old_items)} images encoded last night + {len(all_items) - len(old_items)} new, from the {where}")
-    loaded = load_base(RANDOM_REAL)
+    loaded = bench_model(args.smoke)
     tmp = Path(tempfile.mkdtemp(prefix="bench-shared-cache-"))
     store = LocalStore(tmp / "store")
 

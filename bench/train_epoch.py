@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
@@ -33,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=3, help="timed epochs of each loop after a warm-up (median)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--check-steps", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -47,10 +50,10 @@ from PIL import Image  # noqa: E402
 if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import crack_samples, table  # noqa: E402
-from drywall_core.features import ActivationCache, CacheItem, decode, image_key, text_embeddings  # noqa: E402
-from drywall_core.losses import mixed_loss  # noqa: E402
-from drywall_core.model import RANDOM_REAL, load_base  # noqa: E402
+from bench._common import bench_model, crack_samples, table  # noqa: E402
+from drywall_core.model.cache import ActivationCache, CacheItem, image_key  # noqa: E402
+from drywall_core.model.losses import mixed_loss  # noqa: E402
+from drywall_core.model.runtime import decode, text_embeddings  # noqa: E402
 
 PROMPT = "segment crack"
 
@@ -121,11 +124,13 @@ def heaviest_ops(fn, top: int = 4) -> list[tuple[str, float]]:
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.smoke:
+        args.images, args.batch_size, args.repeats, args.check_steps = 8, 4, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     samples, where = crack_samples(args.images)
     t0 = time.perf_counter()
-    loaded = load_base(RANDOM_REAL, seed=0)
+    loaded = bench_model(args.smoke)
     print(
         f"real-size CLIPSeg (random weights) built in {time.perf_counter() - t0:.1f}s; {len(samples)} images from "
         f"{where}; batch {args.batch_size}; {torch.get_num_threads()} threads"

@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
+from drywall_core.base.config import get_settings
+from drywall_core.base.errors import CheckFailed, InputError
 from drywall_core.cli import app, run
-from drywall_core.config import get_settings
-from drywall_core.errors import CheckFailed, InputError
 
 webhook_app = typer.Typer(no_args_is_help=True, help="Signed webhook receiver (Roboflow, S3 field images).")
 app.add_typer(webhook_app, name="webhook")

@@ -127,7 +127,7 @@ class S3Server:
         return self
 
     def client(self):
-        from drywall_core.storage import s3_client
+        from drywall_core.base.storage import s3_client
 
         return s3_client(self.endpoint, "us-east-1", self.access_key, self.secret_key)
 

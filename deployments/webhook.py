@@ -25,8 +25,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from deployments.schedules import auth_headers
-from drywall_core.config import get_settings
-from drywall_core.webhooks import (
+from drywall_core.base.config import get_settings
+from drywall_core.data.webhooks import (
     MAX_BODY_BYTES,
     DeliveryBusy,
     DeliveryConflict,

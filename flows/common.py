@@ -9,7 +9,7 @@ from typing import Literal
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from drywall_core.config import get_settings
+from drywall_core.base.config import get_settings
 
 
 class Source(BaseModel):

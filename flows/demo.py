@@ -15,19 +15,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from drywall_core.config import Settings
-from drywall_core.model import init_tiny
+from drywall_core.base.config import Settings
+from drywall_core.model.tiny import init_tiny
 
-DEMO_PROFILE = "tiny-demo"  # the recipe the generated tiny model needs (drywall_core.config.TRAIN_PROFILES)
+DEMO_PROFILE = "tiny-demo"  # the recipe the generated tiny model needs (drywall_core.base.config.TRAIN_PROFILES)
 
 
 def run_demo(settings: Settings, console: Console | None = None) -> dict[str, Any]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # a fresh PREFECT_HOME migrates its database first: on 2 cores that outlasts Prefect's 20 s default
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from drywall_core.stages.context import model_registry as registry
     from flows.common import Source
     from flows.retrain import retrain
-    from tasks.registry import registry
 
     console = console or Console()
     home = Path(settings.home).resolve()

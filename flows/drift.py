@@ -1,7 +1,9 @@
 """Drift: new field images (a folder or an S3 bucket/prefix) against the champion's reference profile.
 
 Evidently ``DataDriftPreset`` report (HTML + JSON) stored in the artifact store and linked in the
-UI, a summary table, and a ``drywall.drift.detected`` event when the images drifted.
+UI, a summary table, and a ``drywall.drift.detected`` event when the images drifted. The champion's
+foreground fraction and confidence per prompt are features too (``DRYWALL_DRIFT_MODEL_SIGNALS``), as
+with ``drywall drift --model`` (:func:`drywall_core.stages.field.drift`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from prefect.runtime import flow_run
 
 from flows.common import field_keys, field_source, run_dir
 from flows.fanout import drift_features_flow, run_fanout, use_dask
-from tasks.drift import drift_report_task, emit_drift_event_task, fetch_s3_images_task, reference_profile_task
-from tasks.registry import fetch_champion_task
+from tasks.field import drift_report_task, fetch_s3_images_task, reference_profile_task
+from tasks.release import fetch_champion_task
 
 
 @flow(name="drift", log_prints=True)
@@ -40,9 +42,9 @@ def drift(
     features = None
     if use_dask():  # fan the feature extraction out over the Dask cluster
         features = run_fanout(drift_features_flow, folder=current, out=str(work / "current_features.parquet"))
-    summary = drift_report_task(profile, current, str(work / "report"), run_id, features)
     source = {"folder": folder, "bucket": bucket, "keys": keys, "prefix": prefix}
-    event_id = emit_drift_event_task(summary, champion["version"], source)
+    summary = drift_report_task(champion, profile, current, str(work / "report"), run_id, source, features)
+    event_id = summary.pop("event_id")
     get_run_logger().info(
         "drift %s (%.0f%% of features)",
         "DETECTED" if summary["drift_detected"] else "not detected",

@@ -14,14 +14,14 @@ from typing import Any
 
 from prefect import flow, task, unmapped
 
-from drywall_core import drift as d
-from drywall_core.config import TrainConfig, get_settings
-from drywall_core.exports import open_export
-from drywall_core.features import ActivationCache, CacheItem, cache_items
-from drywall_core.masks import MaskJob, plan_masks, render_chunk
-from drywall_core.model import LoadedModel, load_model
-from drywall_core.snapshots import load_snapshots
-from drywall_core.storage import store_from_settings
+from drywall_core.base.config import TrainConfig, get_settings
+from drywall_core.base.storage import store_from_settings
+from drywall_core.data.exports import open_export
+from drywall_core.data.masks import MaskJob, plan_masks, render_chunk
+from drywall_core.data.snapshots import load_snapshots
+from drywall_core.field import drift as d
+from drywall_core.model.cache import ActivationCache, CacheItem, cache_items
+from drywall_core.model.load import LoadedModel, load_model
 
 
 def use_dask() -> bool:

@@ -13,9 +13,9 @@ from typing import Any
 
 from prefect import flow
 
-from drywall_core.config import get_settings
-from drywall_core.markup import md
-from drywall_core.samples import masks_dir_for
+from drywall_core.base.config import get_settings
+from drywall_core.base.markup import md
+from drywall_core.data.samples import masks_dir_for
 from flows.common import Source, data_dir, run_dir
 from flows.fanout import render_masks_flow, run_fanout, use_dask
 from tasks.artifacts import markdown

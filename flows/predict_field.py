@@ -14,11 +14,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from drywall_core.errors import CheckFailed
+from drywall_core.base.errors import CheckFailed
 from flows.common import field_keys, field_source, run_dir
-from tasks.drift import fetch_s3_images_task
-from tasks.field import label_queue_task, predict_field_task
-from tasks.registry import fetch_champion_task
+from tasks.field import fetch_s3_images_task, label_queue_task, predict_field_task
+from tasks.release import fetch_champion_task
 
 
 @flow(name="predict-field", log_prints=True)

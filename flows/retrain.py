@@ -15,32 +15,19 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from drywall_core.candidates import candidate_staged
-from drywall_core.config import get_settings, resolve_train_config
-from drywall_core.markup import md, md_fence
-from drywall_core.model import base_fingerprint
-from drywall_core.snapshots import nothing_new, snapshots_of, training_identity
-from drywall_core.storage import LocalStore, store_from_settings
+from drywall_core.base.config import get_settings, resolve_train_config
+from drywall_core.base.markup import md_fence
+from drywall_core.base.storage import LocalStore, store_from_settings
+from drywall_core.release.candidates import candidate_staged
+from drywall_core.stages.train import plan_retrain, recorded_settings
 from flows.common import Source, run_dir
 from flows.ingest import ingest
 from flows.remote import run_remote
 from flows.train import train_flow
 from tasks.artifacts import image, link, markdown
-from tasks.model import evaluate_task, fetch_candidate_task, shadow_task
-from tasks.registry import fetch_champion_task, gate_task, promote_task, publish_task, registry
-
-
-def comparison_table(decision: dict[str, Any]) -> str:
-    """Candidate beside champion per prompt, with the verdict: all of it is in the gate's decision."""
-    lines = ["| prompt | candidate mIoU | candidate Dice | champion mIoU | champion Dice |", "|---|---|---|---|---|"]
-    for row in decision["rows"]:
-        champ = (
-            f"{row['champion_miou']:.3f} | {row['champion_dice']:.3f}" if row["champion_miou"] is not None else "- | -"
-        )
-        lines.append(f"| {md(row['prompt'])} | {row['candidate_miou']:.3f} | {row['candidate_dice']:.3f} | {champ} |")
-    verdict = "PROMOTE" if decision["promote"] else "REFUSE"
-    lines += ["", f"**Gate: {verdict}**", ""] + [f"- {md(r)}" for r in decision["reasons"]]
-    return "\n".join(lines)
+from tasks.context import flow_context
+from tasks.model import fetch_candidate_task
+from tasks.release import judge_and_publish_task
 
 
 def _train(
@@ -68,19 +55,6 @@ def _train(
     run_remote(train_deployment, params, settings.train_crash_retries, settings.api_outage_tolerance_s)
 
 
-def recorded_settings(base_model: str, train_config: dict[str, Any], profile: str | None) -> dict[str, Any]:
-    """Every setting that changes the result of a retrain, as resolved for this run."""
-    s = get_settings()
-    return {
-        "base_model": base_model,
-        "profile": profile,
-        "train": train_config,
-        "gate": s.gate.model_dump(),
-        "split_seed": s.split_seed,
-        "val_fraction": s.val_fraction,
-    }
-
-
 @flow(name="retrain", log_prints=True)
 def retrain(
     sources: list[Source] | None = None,
@@ -105,53 +79,36 @@ def retrain(
     snapshots = [r["ref"] for r in records]
     # the whole recipe travels as a parameter, so a GPU host trains with exactly what is recorded here
     train_config = resolve_train_config(settings.train, profile, overrides).model_dump()
-    resolved = recorded_settings(base_model, train_config, profile)
+    ctx = flow_context()  # the stages report to this run's log and artifacts
+    resolved = recorded_settings(ctx, base_model, train_config, profile)
     markdown(md_fence(json.dumps(resolved, indent=2), "json"), "retrain-settings", "settings this run resolved")
-    trained_from = training_identity(snapshots_of(snapshots), base_fingerprint(base_model), train_config)
-    reg = registry()
-    current = reg.champion_version()
-    differs = nothing_new(trained_from, reg.show(current) if current else None)
-    if not differs and not force:
-        note = (
-            f"Nothing new: champion {current} was trained on the same dataset snapshots, base model and "
-            "training config. No training, nothing published (pass force=true to retrain anyway).\n\n"
-            + "\n".join(f"- {md(name)}: `{sid[:16]}`" for name, sid in trained_from["snapshots"].items())
-        )
-        get_run_logger().info("retrain: nothing new since champion %s; not training", current)
-        markdown(note, "retrain-nothing-new", "why this run trained nothing")
-        return {"version": None, "promoted": False, "reason": "nothing new", "champion": current, "trained": False}
-    get_run_logger().info("retrain: training (%s)", "forced" if not differs else "; ".join(differs))
+    plan = plan_retrain(ctx, snapshots, base_model, train_config, force)
+    reg = ctx.models
+    if not plan.trains:
+        markdown(plan.nothing_new_note(), "retrain-nothing-new", "why this run trained nothing")
+        return {
+            "version": None,
+            "promoted": False,
+            "reason": "nothing new",
+            "champion": plan.champion,
+            "trained": False,
+        }
+    trained_from = plan.trained_from
     work = run_dir("retrain")
     staging = str(flow_run.get_id() or f"local-{uuid.uuid4().hex[:12]}")
     _train(snapshots, base_model, train_config, staging, train_deployment)
     result = fetch_candidate_task(staging, str(work / "candidate"))
 
-    champion = fetch_champion_task(str(work / "champion"))
-    # both models measured here, on the same held-out images: the staged metrics are only a claim
-    measured = evaluate_task(result["artifact"], snapshots, str(work / "candidate-eval"))
-    champ_metrics = evaluate_task(champion["path"], snapshots, str(work / "champion-eval")) if champion else None
-    shadow = shadow_task(result["artifact"], champion, str(work / "shadow"))
-    decision = gate_task(measured, champ_metrics, shadow, claimed_metrics=result["metrics"])
     lineage = [{k: r.get(k) for k in ("dataset", "snapshot", "uri", "counts", "source", "validation")} for r in records]
-    record = publish_task(
-        result["artifact"],
-        {
-            "lineage": lineage,
-            "flow_run_id": str(flow_run.get_id()),
-            "gate": decision,
-            "trained_from": trained_from,
-            "settings": resolved,
-            "staging": result["uri"],
-        },
-    )
-    outcome = promote_task(record["version"], champion["etag"] if champion else None, decision)
-    markdown(reg.card(record["version"]), "model-card", f"MODEL_CARD.md of {record['version']}")
-
-    markdown(
-        comparison_table(decision),
-        "retrain-gate",
-        f"candidate {record['version']} vs champion {champion['version'] if champion else '(none)'}",
-    )
+    extra = {
+        "lineage": lineage,
+        "flow_run_id": str(flow_run.get_id()),
+        "trained_from": trained_from,
+        "settings": resolved,
+        "staging": result["uri"],
+    }
+    # both models measured by the gate, on the same held-out images: the staged metrics are only a claim
+    published = judge_and_publish_task(result["artifact"], snapshots, str(work / "gate"), result["metrics"], extra)
     urls = result["links"]  # the staged reports, straight from the store
     link(
         urls["eval/metrics.json"], "candidate metrics.json", "retrain-metrics", "per-prompt metrics, sweep, robustness"
@@ -166,20 +123,13 @@ def retrain(
             "best and worst validation predictions (image | truth | prediction)",
         )
 
-    summary = {
-        "version": record["version"],
-        "promoted": outcome["promoted"],
-        "reason": outcome["reason"],
+    return {
+        "version": published["version"],
+        "promoted": published["promoted"],
+        "reason": published["reason"],
         "champion": f"{reg.store.url}/{reg.alias_key}",
         "candidate_metrics": result["overall"],
         "staging": result["uri"],
-        "previous_champion": champion["version"] if champion else None,
+        "previous_champion": published["champion_before"],
         "trained": True,
     }
-    get_run_logger().info(
-        "retrain: candidate %s %s (%s)",
-        record["version"],
-        "promoted" if outcome["promoted"] else "refused",
-        outcome["reason"],
-    )
-    return summary

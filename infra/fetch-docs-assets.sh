@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the scripts, styles and fonts that Great Expectations' Data Docs load from CDNs, so the
 # docs render offline: `drywall validate --report` copies them beside the docs and rewrites the
-# links (drywall_core/docs_assets.py). Packages come from the npm registry with `npm pack`
+# links (drywall_core/data/docs_assets.py). Packages come from the npm registry with `npm pack`
 # (versions pinned to what GX 1.24 references). Usage: infra/fetch-docs-assets.sh DEST
 set -euo pipefail
 dest=${1:?usage: fetch-docs-assets.sh DEST}

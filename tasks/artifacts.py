@@ -8,8 +8,8 @@ from typing import Any
 
 from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact
 
-from drywall_core.config import get_settings
-from drywall_core.storage import store_from_settings
+from drywall_core.base.config import get_settings
+from drywall_core.base.storage import store_from_settings
 
 
 def artifact_key(*parts: str) -> str:

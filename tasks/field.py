@@ -1,25 +1,58 @@
-"""Field-prediction tasks: the champion on new photos (masks + summary in the store), the label queue."""
+"""Field tasks: the champion on new photos (masks + summary in the store), the label queue, drift.
+
+Each makes one stage call (:mod:`drywall_core.stages.field`); the stage reports to the UI."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect import task
+from prefect.tasks import exponential_backoff
 
-from drywall_core import field
-from drywall_core import label_queue as lq
-from drywall_core.config import get_settings
-from drywall_core.datasets import load_registry
-from drywall_core.drift import IMAGE_EXTENSIONS
-from drywall_core.markup import md
-from drywall_core.model import load_model
-from drywall_core.monitoring import record_field
-from drywall_core.predict import for_inference
-from drywall_core.storage import store_from_settings
-from tasks.artifacts import artifact_key, markdown
-from tasks.monitoring import record
+from drywall_core.base.errors import CheckFailed, InputError
+from drywall_core.base.fsutil import inside
+from drywall_core.stages import field
+from tasks.artifacts import link, upload_report
+from tasks.context import flow_context
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry network trouble, never a refused name (it would be refused again)."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may pass on a retry
+        return True
+    return True
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(2), retry_condition_fn=_transient)
+def fetch_s3_images_task(bucket: str, keys: list[str] | None, prefix: str | None, dest: str) -> str:
+    """Download the given objects (or every image under ``prefix``) from S3 into ``dest``."""
+    from drywall_core.base.storage import S3Store, s3_client_from
+    from drywall_core.field.drift import IMAGE_EXTENSIONS
+
+    ctx = flow_context()
+    store = S3Store(bucket, "", s3_client_from(ctx.settings))
+    wanted = keys or [k for k in store.list(prefix or "") if Path(k).suffix.lower() in IMAGE_EXTENSIONS]
+    # every key is checked before anything is fetched: a key that would land outside dest is refused
+    targets = [(key, inside(Path(dest), key, f"S3 key of s3://{bucket}")) for key in wanted]
+    for key, target in targets:
+        store.get_file(key, target)
+    ctx.reporter.info(f"fetched {len(wanted)} field images from s3://{bucket}")
+    return dest
+
+
+def _image_link(bucket: str | None) -> Any:
+    """image name -> a link a browser opens: presigned from the field bucket (None: the local path)."""
+    if not bucket:
+        return None
+    from drywall_core.base.storage import S3Store, s3_client_from
+
+    return S3Store(bucket, "", s3_client_from(flow_context().settings)).link
 
 
 @task
@@ -27,89 +60,21 @@ def predict_field_task(
     champion: dict[str, Any], images_dir: str, out: str, run: str, bucket: str | None = None
 ) -> dict[str, Any]:
     """Predict every prompt on the photos this version has not seen; store masks and the merged summary."""
-    s = get_settings()
-    store = store_from_settings(s)
-    version = champion["version"]
-    prompts = load_registry(s.datasets_file).canonical_prompts
-    photos = field.field_images(Path(images_dir), IMAGE_EXTENSIONS)
-    done = field.predicted_shas(field.read_summary(store, version), prompts)
-    loaded = for_inference(load_model(champion["path"]), s.inference_precision)
-    progress = create_progress_artifact(0.0, key=artifact_key("field-predictions-progress"))
-
-    def on_batch(n: int, total: int) -> None:
-        update_progress_artifact(progress, 100.0 * n / max(total, 1), description=f"{n}/{total} images")
-
-    result = field.predict_field(
-        loaded, photos, prompts, Path(out), version, run=run, done=done, progress=False, on_batch=on_batch
-    )
-    update_progress_artifact(progress, 100.0, description=f"{len(result.frame) // max(len(prompts), 1)} images")
-    published = field.publish_predictions(store, version, result) if len(result.frame) else {"new_rows": 0}
-    if len(result.frame):
-        meta = {"model_version": version, "run": run, "images": result.frame["sha256"].nunique()}
-        record("field predictions", lambda where, model, ps: record_field(where, model, ps, result.frame, meta))
-    for item in result.skipped:
-        get_run_logger().warning("%s: skipped (%s)", item["image"], item["reason"])
-    _uncertain_table(store, version, result, _image_link(bucket, images_dir))
-    get_run_logger().info(
-        "field predictions: %d new images, %d predicted before, %d unreadable",
-        result.frame["sha256"].nunique() if len(result.frame) else 0,
-        result.already,
-        len(result.skipped),
+    ctx = flow_context()
+    outcome = field.predict_field(
+        ctx, champion["version"], Path(champion["path"]), Path(images_dir), Path(out), run, _image_link(bucket)
     )
     return {
-        **published,
-        "version": version,
-        "prompts": prompts,
-        "predicted": int(result.frame["sha256"].nunique()) if len(result.frame) else 0,
-        "already": result.already,
-        "skipped": result.skipped,
+        **(outcome.published or {"new_rows": 0}),
+        "version": outcome.version,
+        "prompts": outcome.prompts,
+        "predicted": outcome.predicted,
+        "already": outcome.run.already,
+        "skipped": outcome.run.skipped,
         "out": out,
-        "rows": result.frame.to_dict("records"),
-        "images": {p.sha256: str(p.path) for p in photos},
+        "rows": outcome.run.frame.to_dict("records"),
+        "images": {sha: str(p) for sha, p in outcome.images.items()},
     }
-
-
-def _image_link(bucket: str | None, images_dir: str) -> Any:
-    """image name -> a link a browser opens: presigned from the field bucket, else the local path."""
-    if not bucket:
-        return lambda name: str(Path(images_dir) / name)
-    from drywall_core.storage import S3Store, s3_client_from
-
-    s = get_settings()
-    photos = S3Store(bucket, "", s3_client_from(s))
-    return photos.link
-
-
-def _uncertain_table(store: Any, version: str, result: field.FieldRun, image_link: Any, k: int = 20) -> None:
-    """The most uncertain image-prompt pairs of this run, with links to the photo and its stored mask."""
-    top = field.most_uncertain(result.frame, k)
-    rows = [
-        {
-            "image": image_link(r.image),
-            "prompt": r.prompt,
-            "uncertain share": round(r.uncertain_share, 4),
-            "mean entropy": round(r.mean_entropy, 4),
-            "foreground": round(r.fg_fraction, 4),
-            "confidence": round(r.mean_confidence, 4),
-            "mask": store.link(field.predictions_key(version, r.mask)),
-        }
-        for r in top.itertuples()
-    ]
-    create_table_artifact(
-        rows, key=artifact_key("field-most-uncertain"), description=f"most uncertain field images ({version})"
-    )
-
-
-def _challenger(champion: str, dest: Path) -> Any:
-    """The newest version published after the champion (a refused candidate), loaded; None without one."""
-    from tasks.registry import registry
-
-    reg = registry()
-    newer = [v for v in reg.versions() if v > champion]
-    if not newer:
-        return None
-    get_run_logger().info("label queue: ties broken by disagreement with challenger %s", newer[-1])
-    return for_inference(load_model(reg.download(newer[-1], dest)), get_settings().inference_precision)
 
 
 @task
@@ -117,57 +82,51 @@ def label_queue_task(predicted: dict[str, Any], batch: str | None = None) -> dic
     """Queue each dataset's most uncertain new photos in its Roboflow project (per-run, per-day limits)."""
     import pandas as pd
 
-    s = get_settings()
-    logger = get_run_logger()
-    key = s.roboflow_key()
-    frame = pd.DataFrame(predicted["rows"], columns=field.COLUMNS)
-    why = None
-    if s.label_queue.per_run == 0:
-        why = "DRYWALL_LABEL_QUEUE__PER_RUN is 0"
-    elif not key:
-        why = "no Roboflow API key (DRYWALL_ROBOFLOW_API_KEY)"
-    elif frame.empty:
-        why = "no new field images"
-    if why:
-        markdown(f"Label queue skipped: {md(why)}.", "label-queue", "images sent for labelling")
-        logger.info("label queue skipped: %s", why)
-        return {"skipped": why, "projects": {}}
-    store = store_from_settings(s)
-    images = {sha: Path(p) for sha, p in predicted["images"].items()}
-    batch = batch or lq.default_batch()
-    out: dict[str, Any] = {}
-    lines = ["| project | prompt | queued | before | over limit | failed |", "|---|---|---|---|---|---|"]
-    challenger = _challenger(predicted["version"], Path(predicted["out"]).parent / "challenger")
-    for spec in load_registry(s.datasets_file).datasets.values():
-        if spec.roboflow is None or spec.prompt not in set(frame["prompt"]):
-            continue
-        ws, proj = spec.roboflow.workspace, spec.roboflow.project
-        masks = Path(predicted["out"])
-        items, _ = lq.select(store, frame, images, masks, ws, proj, spec.prompt, s.label_queue.per_run, challenger)
-        client = lq.RoboflowProjectClient(ws, proj, key, s.roboflow_api_url)
-        report = lq.queue_for_labelling(
-            store,
-            client,
-            items,
-            ws,
-            proj,
-            spec.class_name,
-            batch,
-            s.label_queue.per_day,
-            retries=s.pull_retries,
-            backoff_s=s.pull_backoff_s,
-        )
-        for name, reason in report.failed:
-            logger.warning("label queue %s/%s: %s not queued (%s)", ws, proj, name, reason)
-        out[f"{ws}/{proj}"] = {
-            "queued": [e["image"] for e in report.queued],
-            "already": report.already,
-            "over_limit": report.over_limit,
-            "failed": report.failed,
-        }
-        lines.append(
-            f"| {md(ws)}/{md(proj)} | {md(spec.prompt)} | {len(report.queued)} | {len(report.already)} | "
-            f"{len(report.over_limit)} | {len(report.failed)} |"
-        )
-    markdown("\n".join(lines) + f"\n\nbatch {md(batch)}", "label-queue", "images sent for labelling")
-    return {"batch": batch, "projects": out}
+    from drywall_core.field import predictions as fp
+
+    run = fp.FieldRun(pd.DataFrame(predicted["rows"], columns=fp.COLUMNS), Path(predicted["out"]))
+    photos = [fp.FieldImage(Path(p), Path(p).name, sha) for sha, p in predicted["images"].items()]
+    outcome = field.FieldOutcome(predicted["version"], predicted["prompts"], run, photos)
+    return field.queue_field(flow_context(), outcome, batch).to_dict()
+
+
+@task
+def reference_profile_task(champion: dict[str, Any] | None) -> str:
+    from drywall_core.field.drift import PROFILE_FILE
+
+    if champion is None:
+        raise CheckFailed("no champion model: nothing to compare field images with")
+    path = Path(champion["path"]) / PROFILE_FILE
+    if not path.is_file():
+        raise CheckFailed(f"champion {champion['version']} has no {PROFILE_FILE}")
+    return str(path)
+
+
+@task
+def drift_report_task(
+    champion: dict[str, Any],
+    reference_profile: str,
+    current_dir: str,
+    out: str,
+    run_id: str,
+    source: dict[str, Any],
+    current_features: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The drift stage against the champion's reference profile, with the champion's model signals
+    (``DRYWALL_DRIFT_MODEL_SIGNALS``); ``current_features``: when a fan-out stage computed them."""
+    from drywall_core.field import drift as d
+
+    ctx = flow_context()
+    features = None
+    if current_features:
+        features = d.FeatureTable(d.load_profile(Path(current_features["features"])), current_features["skipped"])
+    model = ctx.inference_model(champion["path"]) if ctx.settings.drift_model_signals else None
+    payload = {"champion": champion["version"], "source": json.dumps(source)}
+    outcome = field.drift(
+        ctx, Path(reference_profile), Path(current_dir), Path(out), model,
+        workspace=ctx.settings.monitoring_target, event_payload=payload, current_features=features,
+    )  # fmt: skip
+    link(upload_report(outcome.html_path, run_id), "Evidently drift report (HTML)", "drift-report")
+    link(upload_report(outcome.json_path, run_id), "drift.json", "drift-json")
+    return {**outcome.summary, "json": str(outcome.json_path), "html": str(outcome.html_path),
+            "event_id": outcome.event_id}  # fmt: skip

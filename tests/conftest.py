@@ -43,7 +43,7 @@ def drywall_export(sample_data: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from drywall_core.sources import generate_synthetic
+    from drywall_core.data.sources import generate_synthetic
 
     root = tmp_path_factory.mktemp("synthetic") / "sample"
     generate_synthetic(root, seed=0, n_sources=12)
@@ -61,7 +61,7 @@ def synthetic_cracks(synthetic_root: Path, tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Each test gets its own DRYWALL_HOME and fresh settings."""
-    from drywall_core.config import get_settings
+    from drywall_core.base.config import get_settings
 
     monkeypatch.setenv("DRYWALL_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
@@ -80,7 +80,7 @@ class CliResult:
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
     """Run ``drywall ARGS`` in-process through the real entry point; returns exit code and output."""
     from deployments.cli import main
-    from drywall_core.config import get_settings
+    from drywall_core.base.config import get_settings
 
     def run(*args: str) -> CliResult:
         get_settings.cache_clear()
@@ -109,7 +109,7 @@ def edit_coco(export: Path, split: str, fn: Callable[[dict], None]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CLIPSeg written by the same code as ``drywall model init-tiny``."""
-    from drywall_core.model import init_tiny
+    from drywall_core.model.tiny import init_tiny
 
     return init_tiny(tmp_path_factory.mktemp("models") / "tiny", seed=0)
 
@@ -121,8 +121,8 @@ def synthetic_exports(synthetic_root: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def synthetic_samples(synthetic_exports: list[Path], tmp_path_factory: pytest.TempPathFactory):
-    from drywall_core.config import Settings
-    from drywall_core.samples import collect_samples
+    from drywall_core.base.config import Settings
+    from drywall_core.data.samples import collect_samples
 
     settings = Settings(home=tmp_path_factory.mktemp("samples-home"))
     return collect_samples(synthetic_exports, settings)
@@ -142,8 +142,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def artifact_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A decoder artifact (as `drywall train` writes it) with a metrics.json."""
-    from drywall_core.fsutil import atomic_write_text
-    from drywall_core.model import load_model, save_decoder
+    from drywall_core.base.fsutil import atomic_write_text
+    from drywall_core.model.load import load_model, save_decoder
 
     out = tmp_path_factory.mktemp("artifact") / "model"
     out.mkdir()

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drywall_core.drift import extract_features, find_images
-from drywall_core.exports import open_export
-from drywall_core.masks import render_masks
+from drywall_core.data.exports import open_export
+from drywall_core.data.masks import render_masks
+from drywall_core.field.drift import extract_features, find_images
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def dask_settings(monkeypatch):
-    from drywall_core.config import get_settings
+    from drywall_core.base.config import get_settings
 
     monkeypatch.setenv("DRYWALL_TASK_RUNNER", "dask")
     monkeypatch.setenv("DRYWALL_DASK_WORKERS", "2")
@@ -60,17 +60,18 @@ def test_activation_cache_encoding_on_dask(
 ) -> None:
     import torch
 
-    from drywall_core.config import get_settings
-    from drywall_core.features import ActivationCache, cache_items
-    from drywall_core.ingest import ingest_export
-    from drywall_core.model import load_model
-    from drywall_core.snapshots import load_snapshots
-    from drywall_core.storage import store_from_settings
+    from drywall_core.base.config import get_settings
+    from drywall_core.base.storage import store_from_settings
+    from drywall_core.data.snapshots import load_snapshots
+    from drywall_core.model.cache import ActivationCache, cache_items
+    from drywall_core.model.load import load_model
+    from drywall_core.stages.context import Context
+    from drywall_core.stages.data import ingest as stage_ingest
     from flows.fanout import activation_cache_flow, run_fanout
 
     settings = get_settings()
     store = store_from_settings(settings)
-    refs = [ingest_export(e, settings, store)["ref"] for e in synthetic_exports]
+    refs = [stage_ingest(Context(settings, artifacts=store), e)["ref"] for e in synthetic_exports]
     cfg = settings.train.model_dump()
     out = run_fanout(activation_cache_flow, snapshots=refs, base_model=str(tiny_model_dir), train_config=cfg, chunk=24)
     samples, _ = load_snapshots(store, refs, settings.home)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from drywall_core.registry import ModelRegistry
-from drywall_core.storage import LocalStore
+from drywall_core.base.storage import LocalStore
+from drywall_core.release.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
 DRYWALL = Path(sys.executable).parent / "drywall"

@@ -16,13 +16,15 @@ GOOD = {"epochs": 20, "lr": 1e-2, "patience": 20}  # the demo recipe
 BAD = {"epochs": 1, "lr": 1e-7}
 
 
-def _events(name: str, match, tries: int = 40) -> list[dict]:
-    """Events of that name the Prefect API holds that ``match`` (events are written asynchronously)."""
+def _events(name: str, match, tries: int = 40, at_least: int = 1) -> list[dict]:
+    """At least ``at_least`` events of that name the Prefect API holds that ``match``, or what there is
+    after ``tries`` polls (events are written asynchronously)."""
     import time
 
     import httpx
     from prefect.settings import PREFECT_API_URL
 
+    found: list[dict] = []
     for _ in range(tries):
         r = httpx.post(
             f"{PREFECT_API_URL.value()}/events/filter",
@@ -30,10 +32,10 @@ def _events(name: str, match, tries: int = 40) -> list[dict]:
             timeout=30,
         )
         found = [e for e in r.json()["events"] if match(e)]
-        if found:
+        if len(found) >= at_least:
             return found
         time.sleep(0.5)
-    return []
+    return found
 
 
 def _artifacts(flow_run_id) -> dict[str, object]:
@@ -117,7 +119,7 @@ def test_hostile_file_names_stay_text_in_artifacts(prefect_api, synthetic_cracks
 
 
 def test_hostile_names_stay_text_in_the_model_card() -> None:
-    from drywall_core.model_card import render_card
+    from drywall_core.release.model_card import render_card
 
     record = {
         "version": "v1",
@@ -139,9 +141,9 @@ def test_hostile_names_stay_text_in_the_model_card() -> None:
 
 
 def test_ingest_real_export(prefect_api, drywall_export: Path, tmp_path: Path) -> None:
-    from drywall_core.config import get_settings
-    from drywall_core.snapshots import read_manifest
-    from drywall_core.storage import store_from_settings
+    from drywall_core.base.config import get_settings
+    from drywall_core.base.storage import store_from_settings
+    from drywall_core.data.snapshots import read_manifest
     from flows.common import Source
     from flows.ingest import ingest
 
@@ -160,11 +162,11 @@ def test_ingest_real_export(prefect_api, drywall_export: Path, tmp_path: Path) -
 def test_retrain_promotes_then_refuses_a_worse_candidate(
     prefect_api, tiny_model_dir: Path, synthetic_root: Path, tmp_path: Path
 ) -> None:
-    from drywall_core.config import get_settings
+    from drywall_core.base.config import get_settings
+    from drywall_core.stages.context import model_registry as registry
     from flows.common import Source
     from flows.evaluate import evaluate_champion
     from flows.retrain import retrain
-    from tasks.registry import registry
 
     state = retrain(
         sources=[Source(kind="synthetic", seed=0)], base_model=str(tiny_model_dir), overrides=GOOD, return_state=True
@@ -249,9 +251,9 @@ def test_drift_flow_reports_and_emits_on_drift(
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    from drywall_core.drift import PROFILE_FILE, find_images, write_reference_profile
+    from drywall_core.field.drift import PROFILE_FILE, find_images, write_reference_profile
+    from drywall_core.stages.context import model_registry as registry
     from flows.drift import drift
-    from tasks.registry import registry
 
     art = tmp_path / "artifact"
     shutil.copytree(artifact_dir, art)
@@ -272,7 +274,7 @@ def test_drift_flow_reports_and_emits_on_drift(
     assert "DRIFT DETECTED" in arts["drift-summary"].data
     from evidently.ui.workspace import Workspace
 
-    from drywall_core.config import get_settings
+    from drywall_core.base.config import get_settings
 
     ws = Workspace(str(get_settings().evidently_root))  # no Evidently service configured: the home's workspace
     (project,) = ws.search_project("clipseg-drywall")
@@ -296,12 +298,12 @@ def test_retrain_and_drift_on_the_s3_store(
     prefect_api, s3_server, tiny_model_dir: Path, drywall_export: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """Production-like storage: registry, reports and field images in S3 (SeaweedFS on loopback)."""
-    from drywall_core.config import get_settings
-    from drywall_core.storage import S3Store
+    from drywall_core.base.config import get_settings
+    from drywall_core.base.storage import S3Store
+    from drywall_core.stages.context import model_registry as registry
     from flows.common import Source
     from flows.drift import drift
     from flows.retrain import retrain
-    from tasks.registry import registry
 
     prefix = f"run-{tmp_path.name}"
     for k, v in {**s3_server.env(), "DRYWALL_S3_PREFIX": prefix}.items():
@@ -362,9 +364,9 @@ def test_champion_regression_emits_model_regressed(prefect_api, artifact_dir: Pa
     """A champion that now scores far below what it scored at promotion raises drywall.model.regressed."""
     import shutil
 
+    from drywall_core.stages.context import model_registry as registry
     from flows.common import Source
     from flows.evaluate import evaluate_champion
-    from tasks.registry import registry
 
     art = tmp_path / "artifact"
     shutil.copytree(artifact_dir, art)
@@ -383,7 +385,7 @@ def test_champion_regression_emits_model_regressed(prefect_api, artifact_dir: Pa
 
 
 def test_promotion_race_is_lost_cleanly_and_audited(artifact_dir: Path) -> None:
-    from tasks.registry import promote_task, registry
+    from drywall_core.stages.context import model_registry as registry
 
     reg = registry()
     a, b, c = (reg.publish(artifact_dir, version=v)["version"] for v in ("ra", "rb", "rc"))
@@ -391,7 +393,7 @@ def test_promotion_race_is_lost_cleanly_and_audited(artifact_dir: Path) -> None:
     seen = reg.champion()[1]  # what this run's gate saw
     reg.promote(b, seen)  # another run promotes first
     decision = {"promote": True, "reasons": ["better"]}
-    out = promote_task.fn(c, seen, decision)
+    out = reg.settle(c, seen, decision)  # what publishing does with the gate's decision
     assert out == {"promoted": False, "version": c, "reason": f"lost the promotion race to {b}"}
     assert reg.champion_version() == b
     last = reg.audit_log()[-1]
@@ -405,10 +407,10 @@ def test_predict_field_flow_stores_predictions_once_and_reports_the_uncertain(
 
     from evidently.ui.workspace import Workspace
 
-    from drywall_core.config import get_settings
-    from drywall_core.field import read_summary
+    from drywall_core.base.config import get_settings
+    from drywall_core.field.predictions import read_summary
+    from drywall_core.stages.context import model_registry as registry
     from flows.predict_field import predict_field
-    from tasks.registry import registry
 
     monkeypatch.delenv("ROBOFLOW_API_KEY", raising=False)
     reg = registry()
@@ -442,11 +444,11 @@ def test_a_rerun_of_a_crashed_retrain_gates_its_staged_candidate(
 ) -> None:
     """The first attempt stages its candidate and dies before the gate; the retry (same flow run id,
     as Prefect retries and the UI's Retry run it) finds the candidate and does not train again."""
-    import tasks.registry as registry_tasks
+    import tasks.release as release_tasks
     from flows.common import Source
     from flows.retrain import retrain
 
-    real = registry_tasks.gate_task.fn
+    real = release_tasks.judge_and_publish_task.fn
     calls = {"n": 0}
 
     def dies_once(*args, **kwargs):
@@ -455,7 +457,7 @@ def test_a_rerun_of_a_crashed_retrain_gates_its_staged_candidate(
             raise ConnectionError("the Prefect API went away after training")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(registry_tasks.gate_task, "fn", dies_once)
+    monkeypatch.setattr(release_tasks.judge_and_publish_task, "fn", dies_once)
     import flows.retrain as retrain_module
 
     trained: list[str] = []

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drywall_core import field
-from drywall_core import label_queue as lq
-from drywall_core.drift import IMAGE_EXTENSIONS
-from drywall_core.metrics import iou
+from drywall_core.field import label_queue as lq
+from drywall_core.field import predictions as field
+from drywall_core.field.drift import IMAGE_EXTENSIONS
+from drywall_core.model.metrics import iou
 from tests.fakes.roboflow_api import FakeRoboflow
 
 pytestmark = pytest.mark.integration
@@ -52,8 +52,8 @@ def _queue(fake: FakeRoboflow, model: Path, images: Path, home: Path, *extra: st
 
 def _expected_masks(model: Path, images: Path, tmp: Path) -> tuple[dict, object]:
     """The masks the command predicts (same model, int8 as on the command line), by image name."""
-    from drywall_core.model import load_model
-    from drywall_core.predict import for_inference
+    from drywall_core.model.load import load_model
+    from drywall_core.model.runtime import for_inference
 
     loaded = for_inference(load_model(model), "int8")
     run = field.predict_field(loaded, field.field_images(images, IMAGE_EXTENSIONS), ["segment crack"], tmp, "x")

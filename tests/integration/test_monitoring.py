@@ -14,8 +14,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from drywall_core import field, monitoring
-from drywall_core.config import get_settings
+from drywall_core.base.config import get_settings
+from drywall_core.field import monitoring
+from drywall_core.field import predictions as field
 from tests.conftest import REPO
 from tests.integration.prefect_server import free_port
 

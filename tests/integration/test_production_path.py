@@ -209,9 +209,9 @@ def _wait_for_scheduled_run(api: str, deployment: str, timeout: float) -> dict:
 def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
     server, s3_server, tiny_model_dir: Path, synthetic_root: Path, tmp_path: Path
 ) -> None:
-    from drywall_core.registry import ModelRegistry
-    from drywall_core.sources import generate_synthetic
-    from drywall_core.storage import S3Store
+    from drywall_core.base.storage import S3Store
+    from drywall_core.data.sources import generate_synthetic
+    from drywall_core.release.registry import ModelRegistry
 
     v3 = zip_export(synthetic_root / "synthetic-cracks.v1i.coco")
     fake = FakeRoboflow("site-qa", "cracks-3ii36-johwn", 3, v3, API_KEY)

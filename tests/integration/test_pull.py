@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drywall_core.exports import LINEAGE_FILE, open_export, sha256_file
+from drywall_core.data.exports import LINEAGE_FILE, open_export, sha256_file
 from tests.fakes.roboflow_api import FakeRoboflow, zip_export
 
 pytestmark = pytest.mark.integration
@@ -165,7 +165,7 @@ def test_key_is_masked_even_when_the_api_echoes_it(fake: FakeRoboflow, tmp_path:
 def test_redact_covers_encoded_forms() -> None:
     from urllib.parse import quote, quote_plus
 
-    from drywall_core.sources.roboflow_pull import redact
+    from drywall_core.data.sources.roboflow_pull import redact
 
     key = "k3y/with+odd=chars&more"
     text = f"GET /ws?api_key={quote(key, safe='')} body={quote_plus(key)} raw={key} path=/{quote(key)}/x"

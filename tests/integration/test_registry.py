@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from drywall_core.registry import ModelRegistry
-from drywall_core.storage import Conflict, IntegrityError, LocalStore, S3Store
+from drywall_core.base.storage import Conflict, IntegrityError, LocalStore, S3Store
+from drywall_core.release.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ def test_publish_promote_download(store, artifact_dir: Path, tmp_path: Path) -> 
         if name != "MODEL_CARD.md":  # written by the registry at publication
             assert (got / name).read_bytes() == (artifact_dir / name).read_bytes(), name
     assert (got / "MODEL_CARD.md").read_text().startswith(f"# Model card: m {v}")
-    from drywall_core.model import load_model
+    from drywall_core.model.load import load_model
 
     assert load_model(got).manifest["version"] == v
     log = reg.audit_log()

@@ -15,7 +15,7 @@ import pytest
 
 from deployments.s3server import free_port_pair
 from deployments.stack import COMPONENTS, port_open
-from drywall_core.procs import pid_alive
+from drywall_core.base.procs import pid_alive
 from tests.conftest import REPO
 from tests.integration.exposure import exposures, service_table
 from tests.integration.prefect_server import free_port
@@ -93,7 +93,7 @@ def test_stack_up_run_down(tmp_path: Path) -> None:
         assert httpx.get(evidently, timeout=10).status_code == 401
         secret = {"evidently-secret": stack_env["DRYWALL_EVIDENTLY_SECRET"]}
         assert httpx.get(evidently, headers=secret, timeout=10).status_code == 200
-        from drywall_core.storage import s3_client
+        from drywall_core.base.storage import s3_client
 
         s3 = s3_client(
             stack_env["DRYWALL_S3_ENDPOINT_URL"],

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from deployments.schedules import scheduler_errors, wait_for_schedules
-from drywall_core.webhooks import sign
+from drywall_core.data.webhooks import sign
 from tests.conftest import REPO
 from tests.integration.alert_sink import Sink
 from tests.integration.prefect_server import PrefectServer, free_port, http_ok_within
@@ -346,7 +346,7 @@ def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(sta
             {"prefect.resource.id": "drywall.field-images"},
             {"drifted_share": 0.75, "drifted_columns": ["brightness_mean"], "n_current": 12, "champion": "v9"},
         ),
-        _event(  # as promote_task emits it for a regression: alerted
+        _event(  # as publishing emits it for a regression: alerted
             "drywall.gate.refused",
             {**model, "drywall.regression": "true"},
             {"version": "v12", "champion": "v9", "reasons": ["crack: mIoU regresses 0.610 -> 0.520"]},

@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 
 from deployments.webhook import create_app, prefect_emitter
-from drywall_core.webhooks import DeliveryStore, FieldImagesPolicy, sign
+from drywall_core.data.webhooks import DeliveryStore, FieldImagesPolicy, sign
 
 pytestmark = pytest.mark.integration
 SECRET = "whsec-faults-1b2c"

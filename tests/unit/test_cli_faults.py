@@ -116,6 +116,7 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
         "registry promote": [(["v-missing"], 2, "v-missing")],
         "registry rollback": [([], 1, "no champion")],
         "registry publish": [([missing], 2, str(missing)), ([afile], 2, str(afile))],
+        "registry evaluate": [(["--export", missing], 2, str(missing)), (["--export", export], 1, "no champion")],
         "registry audit": [],
         "registry prune": [],  # its cases: test_registry_cli.py
         "registry pull": [(["v-missing", tmp / "pulled"], 2, "v-missing"), (["champion", afile], 1, "no champion")],
@@ -151,7 +152,7 @@ def test_relative_report_path_works(cli, synthetic_cracks: Path, tmp_path: Path,
 
 
 def test_long_prompt_gets_a_writable_distinct_name(tmp_path: Path) -> None:
-    from drywall_core.predict import output_name
+    from drywall_core.model.predict import output_name
 
     a = "segment " + "wide " * 80 + "crack"
     b = "segment " + "wide " * 80 + "gap"
@@ -372,8 +373,8 @@ def test_a_full_home_is_named_by_ingest_and_train(
 def test_a_failed_train_run_folder_is_taken_back_with_overwrite(tmp_path: Path) -> None:
     """A run that failed early leaves only run.json: a rerun is told to --resume or --overwrite, and
     --overwrite accepts the folder it made (it used to answer 'not a run folder')."""
-    from drywall_core.cli import _claim_run_folder
-    from drywall_core.errors import InputError
+    from drywall_core.base.errors import InputError
+    from drywall_core.cli.model import _claim_run_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -394,8 +395,8 @@ def test_a_full_disk_is_named_by_pull_and_registry_pull(
     cli, full_disk: Path, synthetic_cracks: Path, artifact_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """The Roboflow pull (real SDK, loopback stand-in) and a registry download onto a full disk."""
-    from drywall_core.registry import ModelRegistry
-    from drywall_core.storage import LocalStore
+    from drywall_core.base.storage import LocalStore
+    from drywall_core.release.registry import ModelRegistry
     from tests.fakes.roboflow_api import FakeRoboflow, zip_export
 
     reg = ModelRegistry(LocalStore(tmp_path / "home" / "registry"), "clipseg-drywall")

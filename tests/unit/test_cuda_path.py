@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from drywall_core.config import TrainConfig
-from drywall_core.model import load_model
+from drywall_core.base.config import TrainConfig
+from drywall_core.model.load import load_model
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here: the CUDA/bf16 path runs on a GPU host"
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_training_on_cuda_learns_and_says_where(tiny_model_dir, synthetic_samples, tmp_path: Path) -> None:
-    from drywall_core.train import train
+    from drywall_core.model.train import train
 
     samples, specs = synthetic_samples
     loaded = load_model(tiny_model_dir)
@@ -35,13 +35,15 @@ def test_training_on_cuda_learns_and_says_where(tiny_model_dir, synthetic_sample
 
 
 def test_inference_on_cuda_matches_the_cpu(tiny_model_dir, synthetic_exports) -> None:
-    from drywall_core.predict import for_inference, predict_probs
+    from drywall_core.model.runtime import for_inference, parallel_images, probabilities_for
 
     cpu = for_inference(load_model(tiny_model_dir), "fp32")
     gpu = load_model(tiny_model_dir)
     gpu.model.to("cuda")
     gpu = for_inference(gpu, "int8")
-    assert gpu.precision == "fp32" and not gpu.cpu_parallel, "int8 and parallel images are CPU-only"
+    assert gpu.precision == "fp32" and not parallel_images(gpu), "int8 and parallel images are CPU-only"
     imgs = [Image.open(p).convert("RGB") for p in sorted((synthetic_exports[0] / "train").glob("*.jpg"))[:6]]
-    for a, b in zip(predict_probs(cpu, imgs, "segment crack"), predict_probs(gpu, imgs, "segment crack"), strict=True):
+    for a, b in zip(
+        probabilities_for(cpu, imgs, "segment crack"), probabilities_for(gpu, imgs, "segment crack"), strict=True
+    ):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-3

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from drywall_core.drift import IMAGE_FEATURES, extract_features, find_images, image_features
+from drywall_core.field.drift import IMAGE_FEATURES, extract_features, find_images, image_features
 
 
 def test_no_drift_between_drywall_train_and_valid(cli, drywall_export: Path, tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_model_signals(cli, drywall_export: Path, tiny_model_dir: Path, tmp_path
 
 def test_parquet_reference_profile_gives_the_folder_result(cli, drywall_export: Path, tmp_path: Path) -> None:
     """A model version's reference_profile.parquet stands in for its training images."""
-    from drywall_core.drift import write_reference_profile
+    from drywall_core.field.drift import write_reference_profile
 
     train = find_images(drywall_export / "train")[:200]
     folder = tmp_path / "ref"

@@ -10,8 +10,10 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from drywall_core.features import ActivationCache, CacheItem, decode, encode_images, image_key, text_embeddings
-from drywall_core.model import init_tiny, load_model
+from drywall_core.model.cache import ActivationCache, CacheItem, image_key
+from drywall_core.model.load import load_model
+from drywall_core.model.runtime import decode, encode_images, text_embeddings
+from drywall_core.model.tiny import init_tiny
 
 
 def _images(samples, n=6) -> list[Path]:
@@ -62,8 +64,8 @@ def test_int8_cache_is_half_of_fp16(tiny_model_dir, synthetic_samples, tmp_path)
 
 
 def test_shared_cache_moves_int8_entries_exactly(tiny_model_dir, synthetic_samples, tmp_path) -> None:
-    from drywall_core.features import SharedCache
-    from drywall_core.storage import LocalStore
+    from drywall_core.base.storage import LocalStore
+    from drywall_core.model.cache import SharedCache
 
     loaded = load_model(tiny_model_dir)
     items = [CacheItem(p) for p in _images(synthetic_samples, 6)]

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from drywall_core import field
-from drywall_core import label_queue as lq
-from drywall_core.drift import IMAGE_EXTENSIONS
-from drywall_core.metrics import iou
-from drywall_core.storage import LocalStore
+from drywall_core.base.storage import LocalStore
+from drywall_core.field import label_queue as lq
+from drywall_core.field import predictions as field
+from drywall_core.field.drift import IMAGE_EXTENSIONS
+from drywall_core.model.metrics import iou
 
 PROMPTS = ["segment crack", "segment taping area"]
 
@@ -90,8 +90,8 @@ def field_photos(cracks_export: Path, tmp_path: Path) -> Path:
 
 
 def test_field_predictions_are_stored_merged_and_not_repeated(tiny_model_dir: Path, field_photos: Path, tmp_path):
-    from drywall_core.model import load_model
-    from drywall_core.predict import for_inference
+    from drywall_core.model.load import load_model
+    from drywall_core.model.runtime import for_inference
 
     loaded = for_inference(load_model(tiny_model_dir), "int8")
     store = LocalStore(tmp_path / "store")
@@ -125,9 +125,10 @@ def test_field_predictions_are_stored_merged_and_not_repeated(tiny_model_dir: Pa
 
 
 def test_shadow_compare_measures_mask_agreement(tiny_model_dir: Path, field_photos: Path, tmp_path: Path) -> None:
-    from drywall_core.model import init_tiny, load_model
-    from drywall_core.predict import for_inference
-    from drywall_core.shadow import shadow_compare
+    from drywall_core.model.load import load_model
+    from drywall_core.model.runtime import for_inference
+    from drywall_core.model.tiny import init_tiny
+    from drywall_core.release.shadow import shadow_compare
 
     photos = field.field_images(field_photos, IMAGE_EXTENSIONS)
     champion = for_inference(load_model(tiny_model_dir), "int8")
@@ -146,8 +147,8 @@ def test_shadow_compare_measures_mask_agreement(tiny_model_dir: Path, field_phot
 def test_disagreement_with_a_challenger_ranks_equally_uncertain_images(
     tiny_model_dir: Path, field_photos: Path, tmp_path: Path
 ) -> None:
-    from drywall_core.model import load_model
-    from drywall_core.predict import for_inference
+    from drywall_core.model.load import load_model
+    from drywall_core.model.runtime import for_inference
 
     champion = for_inference(load_model(tiny_model_dir), "int8")
     photos = field.field_images(field_photos, IMAGE_EXTENSIONS)

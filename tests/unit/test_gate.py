@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from drywall_core.config import GateConfig
-from drywall_core.gate import decide
+from drywall_core.base.config import GateConfig
+from drywall_core.release.gate import decide
 
 
 def metrics(**per_prompt: tuple[float, float]) -> dict:

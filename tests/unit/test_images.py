@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from drywall_core.images import ImageTooLarge, open_rgb
-from drywall_core.predict import output_name
+from drywall_core.data.images import ImageTooLarge, open_rgb
+from drywall_core.model.predict import output_name
 
 ROTATE_90_CW = 6  # EXIF orientation: the camera held sideways
 
@@ -73,8 +73,8 @@ def test_float_images_are_scaled(tmp_path: Path) -> None:
 
 
 def test_pixel_limit_applies_to_every_reader(cli, tiny_model_dir, photo: Path, tmp_path: Path, monkeypatch) -> None:
-    from drywall_core.config import get_settings
-    from drywall_core.features import load_rgb
+    from drywall_core.base.config import get_settings
+    from drywall_core.model.cache import load_rgb
 
     monkeypatch.setenv("DRYWALL_MAX_IMAGE_PIXELS", "1000")
     get_settings.cache_clear()
@@ -85,15 +85,15 @@ def test_pixel_limit_applies_to_every_reader(cli, tiny_model_dir, photo: Path, t
 
 
 def test_predict_decodes_in_bounded_batches(tiny_model_dir, photo: Path, tmp_path: Path, monkeypatch) -> None:
-    import drywall_core.predict as p
-    from drywall_core.model import load_model
+    import drywall_core.model.predict as p
+    from drywall_core.model.load import load_model
 
     srcs = []
     for i in range(11):
         srcs.append(tmp_path / f"img{i}.jpg")
         Image.open(photo).save(srcs[-1])
     live = {"open": 0, "done": 0, "peak": 0}
-    real_open, real_probs = p.open_rgb, p.predict_probs
+    real_open, real_probs = p.open_rgb, p.probabilities_for
 
     def counting_open(path):
         live["open"] += 1
@@ -106,7 +106,7 @@ def test_predict_decodes_in_bounded_batches(tiny_model_dir, photo: Path, tmp_pat
         return out
 
     monkeypatch.setattr(p, "open_rgb", counting_open)
-    monkeypatch.setattr(p, "predict_probs", counting_probs)
+    monkeypatch.setattr(p, "probabilities_for", counting_probs)
     report = p.predict_files(load_model(tiny_model_dir), srcs, "segment crack", tmp_path / "o", batch_size=4)
     assert len(report.written) == 11 and live["done"] == 11
     assert live["peak"] <= 4, f"{live['peak']} images held at once with batch size 4"
@@ -131,7 +131,7 @@ def test_an_animated_gif_among_field_photos_is_read_not_ignored(tmp_path) -> Non
     import numpy as np
     from PIL import Image
 
-    from drywall_core.drift import find_images, image_features
+    from drywall_core.field.drift import find_images, image_features
 
     frames = [Image.fromarray(np.full((40, 60, 3), v, np.uint8)) for v in (10, 200)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from drywall_core.label_queue import QueueItem, annotation_for, rasterise, write_dry_run
+from drywall_core.field.label_queue import QueueItem, annotation_for, rasterise, write_dry_run
 
 
 def _sideways_photo(path: Path) -> Path:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drywall_core import masks as masks_mod
-from drywall_core.exports import open_export
-from drywall_core.masks import MANIFEST, render_masks
+from drywall_core.data import masks as masks_mod
+from drywall_core.data.exports import open_export
+from drywall_core.data.masks import MANIFEST, render_masks
 from tests.conftest import edit_coco
 
 
@@ -172,8 +172,8 @@ def test_two_renders_of_one_export_into_one_folder_both_succeed(synthetic_cracks
     delete the first's temporary files, and one of them failed with "cannot write here")."""
     import threading
 
-    from drywall_core.exports import open_export
-    from drywall_core.masks import render_masks
+    from drywall_core.data.exports import open_export
+    from drywall_core.data.masks import render_masks
 
     export, out = open_export(synthetic_cracks), tmp_path / "masks"
     results, errors = [], []
@@ -197,8 +197,8 @@ def test_two_renders_of_one_export_into_one_folder_both_succeed(synthetic_cracks
 def test_a_rerun_after_a_lost_manifest_renders_only_what_is_missing(synthetic_cracks, tmp_path) -> None:
     """A run that could not save its manifest (a full disk, a kill before the first save) used to make
     the rerun render everything: each mask carries the fingerprint of its inputs."""
-    from drywall_core.exports import open_export
-    from drywall_core.masks import MANIFEST, render_masks
+    from drywall_core.data.exports import open_export
+    from drywall_core.data.masks import MANIFEST, render_masks
 
     export, out = open_export(synthetic_cracks), tmp_path / "masks"
     first = render_masks(export, out, workers=1, progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drywall_core.metrics import THRESHOLDS, best_threshold, boundary_f1, dice, iou, sweep
+from drywall_core.model.metrics import THRESHOLDS, best_threshold, boundary_f1, dice, iou, sweep
 
 
 def _mask(shape=(10, 10), box=None) -> np.ndarray:

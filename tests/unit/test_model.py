@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from drywall_core.errors import CheckFailed
-from drywall_core.features import decode, encode_images, pixel_values, text_embeddings
-from drywall_core.losses import mixed_loss
-from drywall_core.model import DECODER_FILE, init_tiny, load_model, save_decoder
+from drywall_core.base.errors import CheckFailed
+from drywall_core.model.load import DECODER_FILE, load_model, save_decoder
+from drywall_core.model.losses import mixed_loss
+from drywall_core.model.runtime import decode, encode_images, pixel_values, text_embeddings
+from drywall_core.model.tiny import init_tiny
 
 
 def test_init_tiny_cli_writes_a_loadable_model(cli, tmp_path: Path) -> None:
@@ -106,7 +107,7 @@ def test_real_size_architecture_numbers() -> None:
     """The benchmark architecture is the real rd64-refined one (random weights)."""
     from transformers import CLIPSegForImageSegmentation
 
-    from drywall_core.model import real_size_config
+    from drywall_core.model.load import real_size_config
 
     with torch.device("meta"):
         model = CLIPSegForImageSegmentation(real_size_config())
@@ -121,7 +122,7 @@ def test_real_size_architecture_numbers() -> None:
 
 def test_decoder_state_is_a_copy(tiny_model_dir: Path) -> None:
     """Best-epoch weights must survive later optimizer steps (a CPU ``.cpu()`` would alias them)."""
-    from drywall_core.model import decoder_state
+    from drywall_core.model.load import decoder_state
 
     loaded = load_model(tiny_model_dir)
     snap = decoder_state(loaded.model)
@@ -137,7 +138,7 @@ def test_decoder_state_is_a_copy(tiny_model_dir: Path) -> None:
 
 def test_base_fingerprint_matches_the_loaded_model(tiny_model_dir: Path) -> None:
     """Cache keys use the weights-free fingerprint; it must equal the loaded model's."""
-    from drywall_core.model import RANDOM_REAL, base_fingerprint, load_base
+    from drywall_core.model.load import RANDOM_REAL, base_fingerprint, load_base
 
     assert base_fingerprint(str(tiny_model_dir)) == load_model(tiny_model_dir).fingerprint
     assert base_fingerprint(RANDOM_REAL) == load_base(RANDOM_REAL).fingerprint

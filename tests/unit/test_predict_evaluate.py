@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drywall_core.model import load_model
-from drywall_core.predict import output_name
+from drywall_core.model.load import load_model
+from drywall_core.model.predict import output_name
 
 
 @pytest.fixture(scope="module")
@@ -143,28 +143,27 @@ def test_predict_skips_unreadable_images_and_exits_1(cli, trained: Path, tmp_pat
 
 
 def test_batched_equals_single(trained: Path, synthetic_exports) -> None:
-    from drywall_core.predict import predict_probs
+    from drywall_core.model.runtime import probabilities_for
 
     loaded = load_model(trained / "model")
     imgs = [Image.open(p).convert("RGB") for p in sorted((synthetic_exports[1] / "train").glob("*.jpg"))[:4]]
-    batched = predict_probs(loaded, imgs, "segment taping area")
-    single = [predict_probs(loaded, [im], "segment taping area")[0] for im in imgs]
+    batched = probabilities_for(loaded, imgs, "segment taping area")
+    single = [probabilities_for(loaded, [im], "segment taping area")[0] for im in imgs]
     for a, b in zip(batched, single, strict=True):
         assert np.abs(a - b).max() < 1e-4
 
 
 def test_parallel_images_encode_like_one_call(trained: Path, synthetic_exports, monkeypatch) -> None:
-    """On a CPU, for_inference encodes a batch's images on parallel threads with single-threaded
+    """On a CPU, the runtime encodes a batch's images on parallel threads with single-threaded
     kernels: the same activations as one call, no autograd graph, torch's thread count restored."""
     import threading
 
     import torch
 
-    from drywall_core import features
-    from drywall_core.predict import for_inference
+    from drywall_core.model import runtime as features
+    from drywall_core.model.runtime import for_inference, parallel_images
 
     loaded = for_inference(load_model(trained / "model"), "fp32")
-    assert loaded.cpu_parallel
     imgs = [Image.open(p).convert("RGB") for p in sorted((synthetic_exports[1] / "train").glob("*.jpg"))[:5]]
     pv = features.pixel_values(loaded, imgs)
     seen: list[tuple[int, int, int]] = []
@@ -179,6 +178,7 @@ def test_parallel_images_encode_like_one_call(trained: Path, synthetic_exports, 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
+        assert parallel_images(loaded), "a CPU model with 2 threads encodes images in parallel"
         one = features.encode_images(loaded.model, pv)
         monkeypatch.setattr(features, "_encode", watched)
         par = features.encode_images(loaded.model, pv, parallel=True)
@@ -208,8 +208,8 @@ def test_artifact_threshold_is_used(trained: Path) -> None:
 
 def test_registry_publish_judges_a_train_run_like_the_flow(cli, trained: Path, monkeypatch) -> None:
     """`drywall registry publish RUN_DIR`: same gate, champion judged on the run's own val images, audited."""
-    from drywall_core.registry import ModelRegistry
-    from drywall_core.storage import LocalStore
+    from drywall_core.base.storage import LocalStore
+    from drywall_core.release.registry import ModelRegistry
 
     monkeypatch.setenv("DRYWALL_GATE__MIN_MIOU", "0")
     monkeypatch.setenv("DRYWALL_GATE__MIN_DICE", "0")
@@ -229,12 +229,71 @@ def test_registry_publish_judges_a_train_run_like_the_flow(cli, trained: Path, m
     assert not_a_run.code == 2 and "not a finished `drywall train` run" in not_a_run.err
 
 
+class EventsEndpoint:
+    """A loopback stand-in for Prefect's ``POST /api/events`` that keeps what it was sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.path, self.headers.get("Authorization"), json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self, name: str) -> list[dict]:
+        return [e for path, _, body in self.received if path == "/api/events" for e in body if e["event"] == name]
+
+
+def test_registry_publish_runs_the_shadow_and_emits_the_refusal(
+    cli, trained: Path, synthetic_exports, tmp_path: Path, monkeypatch
+) -> None:
+    """As the retrain flow: the candidate and the champion are compared on the latest field photos
+    before the gate decides, and a refusal is sent to the Prefect API as ``drywall.gate.refused``."""
+    import shutil
+
+    endpoint = EventsEndpoint()
+    monkeypatch.setenv("PREFECT_API_URL", endpoint.url)
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "admin:s3cret")
+    monkeypatch.setenv("DRYWALL_GATE__MIN_MIOU", "0")
+    monkeypatch.setenv("DRYWALL_GATE__MIN_DICE", "0")
+    field = Path(os.environ["DRYWALL_HOME"]) / "field-images"
+    field.mkdir(parents=True)
+    for p in sorted((synthetic_exports[0] / "valid").glob("*.jpg"))[:3]:
+        shutil.copyfile(p, field / p.name)
+    assert cli("registry", "publish", trained).code == 0
+    assert endpoint.events("drywall.gate.refused") == [], "a promotion is not a refusal"
+    again = cli("registry", "publish", trained)
+    assert again.code == 1
+    (refused,) = endpoint.events("drywall.gate.refused")
+    assert refused["resource"]["prefect.resource.id"] == "drywall.model.clipseg-drywall"
+    assert refused["resource"]["drywall.regression"] == "false"
+    assert any("does not beat the champion" in r for r in refused["payload"]["reasons"])
+    assert endpoint.received[0][1].startswith("Basic "), "the server's basic auth is sent"
+    from drywall_core.stages.context import model_registry
+
+    decision = model_registry().audit_log()[-1]["decision"]
+    assert decision["shadow"]["images"] == 3, "the shadow comparison ran on the field photos"
+    assert decision["shadow"]["prompts"]["segment crack"]["agreement"] == pytest.approx(1.0), "same model, same masks"
+
+
 def test_registry_publish_refuses_edited_metrics(cli, trained: Path, tmp_path: Path, monkeypatch) -> None:
     """A run's eval/metrics.json is a claim: the gate measures the model itself and refuses a lie by name."""
     import shutil
 
-    from drywall_core.registry import ModelRegistry
-    from drywall_core.storage import LocalStore
+    from drywall_core.base.storage import LocalStore
+    from drywall_core.release.registry import ModelRegistry
 
     monkeypatch.setenv("DRYWALL_GATE__MIN_MIOU", "0")
     monkeypatch.setenv("DRYWALL_GATE__MIN_DICE", "0")
@@ -286,9 +345,9 @@ def test_train_shows_progress_for_every_stage(tiny_model_dir: Path, synthetic_ex
 
 def test_int8_inference_agrees_with_fp32_and_is_selectable(cli, trained: Path, synthetic_exports, tmp_path) -> None:
     """The default CPU path quantizes the vision tower only; fp32 stays one option away."""
-    from drywall_core.errors import InputError
-    from drywall_core.predict import for_inference, predict_probs
-    from drywall_core.train import train
+    from drywall_core.base.errors import InputError
+    from drywall_core.model.runtime import for_inference, probabilities_for
+    from drywall_core.model.train import train
 
     fp32 = load_model(trained / "model")
     int8 = for_inference(load_model(trained / "model"), "int8")
@@ -298,7 +357,7 @@ def test_int8_inference_agrees_with_fp32_and_is_selectable(cli, trained: Path, s
     imgs = [Image.open(p).convert("RGB") for p in sorted((synthetic_exports[0] / "train").glob("*.jpg"))[:6]]
     ious = []
     for a, b in zip(
-        predict_probs(fp32, imgs, "segment crack"), predict_probs(int8, imgs, "segment crack"), strict=True
+        probabilities_for(fp32, imgs, "segment crack"), probabilities_for(int8, imgs, "segment crack"), strict=True
     ):
         pa, pb = a >= 0.5, b >= 0.5
         ious.append(1.0 if not (pa | pb).any() else (pa & pb).sum() / (pa | pb).sum())
@@ -310,7 +369,8 @@ def test_int8_inference_agrees_with_fp32_and_is_selectable(cli, trained: Path, s
     args = ("predict", src, "--prompt", "segment crack", "--model", trained / "model")
     assert cli(*args, "--out", tmp_path / "f", "--precision", "fp32").code == 0
     expected = (
-        predict_probs(fp32, [Image.open(src).convert("RGB")], "segment crack")[0] >= fp32.threshold_for("segment crack")
+        probabilities_for(fp32, [Image.open(src).convert("RGB")], "segment crack")[0]
+        >= fp32.threshold_for("segment crack")
     ) * 255
     assert np.array_equal(np.asarray(Image.open(tmp_path / "f" / output_name(src, "segment crack"))), expected)
     bad = cli(*args, "--out", tmp_path / "g", "--precision", "int4")

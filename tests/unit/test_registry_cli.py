@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from drywall_core.registry import ModelRegistry
-from drywall_core.storage import LocalStore
+from drywall_core.base.storage import LocalStore
+from drywall_core.release.registry import ModelRegistry
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_corrupt_version_manifest_does_not_hide_the_others(cli, registry) -> Non
 
 
 def test_store_refuses_keys_that_escape_it(tmp_path: Path) -> None:
-    from drywall_core.errors import InputError
+    from drywall_core.base.errors import InputError
 
     store = LocalStore(tmp_path / "store")
     (tmp_path / "secret.txt").write_text("outside")

@@ -2,7 +2,7 @@
 
 Each fault below passed validation before and then mis-rendered or crashed the renderer. Now the
 validator names it (exit 1) and the renderer refuses it by name before writing anything (exit 2),
-because both use the same rules (``drywall_core.annotations``).
+because both use the same rules (``drywall_core.data.annotations``).
 """
 
 from __future__ import annotations

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from drywall_core.candidates import fetch_candidate, staging_key, train_candidate
-from drywall_core.config import Settings, TrainConfig
-from drywall_core.errors import CheckFailed, InputError
-from drywall_core.fsutil import sha256_file
-from drywall_core.ingest import ingest_export
-from drywall_core.model import decoder_state, load_model
-from drywall_core.snapshots import fetch_snapshot, load_snapshots, parse_ref, read_manifest, snapshot_key
-from drywall_core.storage import IntegrityError, LocalStore, NotFound
+from drywall_core.base.config import Settings, TrainConfig
+from drywall_core.base.errors import CheckFailed, InputError
+from drywall_core.base.fsutil import sha256_file
+from drywall_core.base.storage import IntegrityError, LocalStore, NotFound
+from drywall_core.data.snapshots import fetch_snapshot, load_snapshots, parse_ref, read_manifest, snapshot_key
+from drywall_core.model.load import decoder_state, load_model
+from drywall_core.release.candidates import fetch_candidate, staging_key, train_candidate
+from drywall_core.stages.context import Context
+from drywall_core.stages.data import ingest as stage_ingest
 from tests.conftest import edit_coco
 
 
@@ -30,7 +31,7 @@ def _settings(home: Path) -> Settings:
 def test_ingest_stores_a_snapshot_that_another_host_fetches(synthetic_cracks: Path, tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     host_a = _settings(tmp_path / "a")
-    record = ingest_export(synthetic_cracks, host_a, store, "cracks")
+    record = stage_ingest(Context(host_a, artifacts=store), synthetic_cracks, "cracks")
     name, sid = parse_ref(record["ref"])
     assert name == "cracks" and record["uploaded_files"] > 0
     manifest = read_manifest(store, record["ref"])
@@ -39,7 +40,7 @@ def test_ingest_stores_a_snapshot_that_another_host_fetches(synthetic_cracks: Pa
     assert sides.count("train") == record["counts"]["train_images"] and sides.count("val") > 0
     assert not (synthetic_cracks / "split.json").exists(), "nothing is written into the export"
 
-    again = ingest_export(synthetic_cracks, host_a, store, "cracks")
+    again = stage_ingest(Context(host_a, artifacts=store), synthetic_cracks, "cracks")
     assert again["ref"] == record["ref"] and again["uploaded_files"] == 0, "content-addressed: nothing re-uploaded"
 
     host_b = tmp_path / "b"
@@ -58,14 +59,14 @@ def test_ingest_stores_a_snapshot_that_another_host_fetches(synthetic_cracks: Pa
 
 def test_a_changed_annotation_is_a_new_snapshot(synthetic_cracks: Path, tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    first = ingest_export(synthetic_cracks, _settings(tmp_path / "a"), store, "cracks")
+    first = stage_ingest(Context(_settings(tmp_path / "a"), artifacts=store), synthetic_cracks, "cracks")
 
     def shrink_one(coco: dict) -> None:
         ann = coco["annotations"][0]
         ann["segmentation"] = [[round(v * 0.9, 2) for v in ring] for ring in ann["segmentation"]]
 
     edit_coco(synthetic_cracks, "train", shrink_one)
-    second = ingest_export(synthetic_cracks, _settings(tmp_path / "a"), store, "cracks")
+    second = stage_ingest(Context(_settings(tmp_path / "a"), artifacts=store), synthetic_cracks, "cracks")
     assert second["snapshot"] != first["snapshot"]
     assert second["uploaded_files"] < 2 * sum(second["counts"][k] for k in ("train_images", "val_images"))
 
@@ -78,13 +79,13 @@ def test_failed_validation_stores_nothing(synthetic_cracks: Path, tmp_path: Path
 
     edit_coco(synthetic_cracks, "train", negative)
     with pytest.raises(CheckFailed, match="validation failed"):
-        ingest_export(synthetic_cracks, _settings(tmp_path / "a"), store, "cracks")
+        stage_ingest(Context(_settings(tmp_path / "a"), artifacts=store), synthetic_cracks, "cracks")
     assert store.list("datasets") == []
 
 
 def test_tampered_store_content_is_refused(synthetic_cracks: Path, tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    ref = ingest_export(synthetic_cracks, _settings(tmp_path / "a"), store, "cracks")["ref"]
+    ref = stage_ingest(Context(_settings(tmp_path / "a"), artifacts=store), synthetic_cracks, "cracks")["ref"]
     manifest = read_manifest(store, ref)
     blob = next(k for k in store.list(snapshot_key(ref, "images/")))
     (store.root / blob).write_bytes(b"not the image")
@@ -105,7 +106,7 @@ def snapshot_refs(synthetic_exports: list[Path], tmp_path: Path) -> tuple[LocalS
     store = LocalStore(tmp_path / "store")
     host = _settings(tmp_path / "ingest-host")
     refs = [
-        ingest_export(e, host, store, n)["ref"]
+        stage_ingest(Context(host, artifacts=store), e, n)["ref"]
         for e, n in zip(synthetic_exports, ("cracks", "drywall-join"), strict=True)
     ]
     return store, refs

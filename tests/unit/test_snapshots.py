@@ -6,7 +6,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from drywall_core.snapshots import nothing_new, snapshot_ids, training_identity
+from drywall_core.data.snapshots import nothing_new, snapshot_ids, training_identity
 
 
 def test_snapshot_id_follows_content_not_paths(synthetic_samples, tmp_path: Path) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from drywall_core.datasets import load_registry
-from drywall_core.errors import InputError
-from drywall_core.exports import LINEAGE_FILE, open_export, sha256_file
-from drywall_core.sources import copy_local_export, generate_synthetic
+from drywall_core.base.errors import InputError
+from drywall_core.data.datasets import load_registry
+from drywall_core.data.exports import LINEAGE_FILE, open_export, sha256_file
+from drywall_core.data.sources import copy_local_export, generate_synthetic
 
 
 def test_synthetic_is_seeded(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_bad_registry_is_a_clear_error(cli, synthetic_cracks: Path, tmp_path: Pa
 
 
 def test_settings_from_environment(monkeypatch) -> None:
-    from drywall_core.config import Settings
+    from drywall_core.base.config import Settings
 
     monkeypatch.setenv("DRYWALL_MASK_WORKERS", "3")
     monkeypatch.setenv("DRYWALL_ROBOFLOW_API_KEY", "k-from-drywall")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from drywall_core.exports import open_export
-from drywall_core.splits import source_of, split_by_source
+from drywall_core.data.exports import open_export
+from drywall_core.data.splits import source_of, split_by_source
 from tests.conftest import edit_coco
 
 

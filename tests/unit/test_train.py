@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from drywall_core.config import TrainConfig
-from drywall_core.losses import mixed_loss
-from drywall_core.model import load_model
-from drywall_core.train import train
+from drywall_core.base.config import TrainConfig
+from drywall_core.model.load import load_model
+from drywall_core.model.losses import mixed_loss
+from drywall_core.model.train import train
 
 FAST = dict(batch_size=8, lr=3e-3, patience=50, cache_dtype="float32")
 
@@ -97,7 +97,7 @@ def test_mixed_loss_by_hand() -> None:
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tiny_model_dir, synthetic_samples, tmp_path) -> None:
-    from drywall_core.errors import InputError
+    from drywall_core.base.errors import InputError
 
     run, cache = tmp_path / "run", tmp_path / "cache"
     _train(tiny_model_dir, synthetic_samples, run, cache, epochs=1)
@@ -109,7 +109,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tiny_model_dir, sy
 
 
 def test_named_profile_sits_between_settings_and_explicit_overrides() -> None:
-    from drywall_core.config import TRAIN_PROFILES, resolve_train_config
+    from drywall_core.base.config import TRAIN_PROFILES, resolve_train_config
 
     base = TrainConfig(epochs=7, weight_decay=0.3)
     demo = resolve_train_config(base, "tiny-demo")
@@ -126,8 +126,8 @@ def test_int8_cache_trains_as_well_as_fp16_on_the_real_exports(
     import numpy as np
     from PIL import Image
 
-    from drywall_core.config import Settings
-    from drywall_core.samples import collect_samples
+    from drywall_core.base.config import Settings
+    from drywall_core.data.samples import collect_samples
 
     samples, specs = collect_samples([cracks_export, drywall_export], Settings(home=tmp_path / "home"))
     # what predicting nothing scores (an empty truth and an empty prediction count as IoU 1)

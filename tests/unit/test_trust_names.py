@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from drywall_core.candidates import fetch_candidate, staging_key
-from drywall_core.errors import CheckFailed, InputError
-from drywall_core.fsutil import check_relative, inside
-from drywall_core.ingest import ingest_export
-from drywall_core.registry import CorruptRecord, ModelRegistry
-from drywall_core.snapshots import fetch_snapshot, parse_ref, snapshot_key
-from drywall_core.storage import IntegrityError, LocalStore, sha256_bytes
-from drywall_core.webhooks import FieldImagesPolicy, SchemaError, parse_field_images
+from drywall_core.base.errors import CheckFailed, InputError
+from drywall_core.base.fsutil import check_relative, inside
+from drywall_core.base.storage import IntegrityError, LocalStore, sha256_bytes
+from drywall_core.data.snapshots import fetch_snapshot, parse_ref, snapshot_key
+from drywall_core.data.webhooks import FieldImagesPolicy, SchemaError, parse_field_images
+from drywall_core.release.candidates import fetch_candidate, staging_key
+from drywall_core.release.registry import CorruptRecord, ModelRegistry
+from drywall_core.stages.context import Context
+from drywall_core.stages.data import ingest as stage_ingest
 
 HOSTILE = [
     "/tmp/x/E.jpg",
@@ -74,8 +75,8 @@ def test_the_receiver_takes_only_its_bucket_and_prefix() -> None:
 
 def test_field_image_fetch_refuses_a_key_that_leaves_its_folder(s3_server, tmp_path: Path, monkeypatch) -> None:
     """The flows' own check (drift-daily and predict-field share the fetch): nothing is fetched."""
-    from drywall_core.config import get_settings
-    from tasks.drift import fetch_s3_images_task
+    from drywall_core.base.config import get_settings
+    from tasks.field import fetch_s3_images_task
 
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
@@ -140,10 +141,12 @@ def test_a_version_manifest_names_only_its_own_files(tmp_path: Path) -> None:
 
 
 def test_a_snapshot_manifest_or_reference_cannot_leave_its_folders(synthetic_cracks: Path, tmp_path: Path) -> None:
-    from drywall_core.config import Settings
+    from drywall_core.base.config import Settings
 
     store = LocalStore(tmp_path / "store")
-    ref = ingest_export(synthetic_cracks, Settings(home=tmp_path / "a", mask_workers=1), store, "cracks")["ref"]
+    ref = stage_ingest(
+        Context(Settings(home=tmp_path / "a", mask_workers=1), artifacts=store), synthetic_cracks, "cracks"
+    )["ref"]
     name, sid = parse_ref(ref)
     for bad in (f"../{sid}", f"cracks/../{sid}"[:70], f"/{sid}", f"Cracks/{sid}", f"cracks/{sid}/.."):
         with pytest.raises(InputError, match="snapshot reference"):
@@ -159,11 +162,13 @@ def test_a_snapshot_manifest_or_reference_cannot_leave_its_folders(synthetic_cra
 
 
 def test_a_corrupted_blob_on_this_host_is_fetched_again(synthetic_cracks: Path, tmp_path: Path) -> None:
-    from drywall_core.config import Settings
-    from drywall_core.fsutil import sha256_file
+    from drywall_core.base.config import Settings
+    from drywall_core.base.fsutil import sha256_file
 
     store = LocalStore(tmp_path / "store")
-    ref = ingest_export(synthetic_cracks, Settings(home=tmp_path / "a", mask_workers=1), store, "cracks")["ref"]
+    ref = stage_ingest(
+        Context(Settings(home=tmp_path / "a", mask_workers=1), artifacts=store), synthetic_cracks, "cracks"
+    )["ref"]
     home = tmp_path / "b"
     samples, _, _ = fetch_snapshot(store, ref, home)
     victim = samples[0].image
@@ -188,13 +193,15 @@ def test_a_corrupted_blob_on_this_host_is_fetched_again(synthetic_cracks: Path, 
 )
 def test_a_manifest_edited_in_place_is_refused(edit, synthetic_cracks: Path, tmp_path: Path) -> None:
     """The id covers everything the manifest asserts, not only the image, mask and side."""
-    from drywall_core.config import Settings
-    from drywall_core.snapshots import read_manifest
+    from drywall_core.base.config import Settings
+    from drywall_core.data.snapshots import read_manifest
 
     store = LocalStore(tmp_path / "store")
     settings = Settings(home=tmp_path / "a", mask_workers=1)
-    ref = ingest_export(synthetic_cracks, settings, store, "cracks")["ref"]
-    assert ingest_export(synthetic_cracks, settings, store, "cracks")["ref"] == ref, "re-ingest: same id"
+    ref = stage_ingest(Context(settings, artifacts=store), synthetic_cracks, "cracks")["ref"]
+    assert stage_ingest(Context(settings, artifacts=store), synthetic_cracks, "cracks")["ref"] == ref, (
+        "re-ingest: same id"
+    )
     key = snapshot_key(ref)
     manifest = json.loads(store.get_bytes(key))
     edit(manifest)

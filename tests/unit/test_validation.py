@@ -225,8 +225,8 @@ def test_data_docs_render_offline(cli, synthetic_cracks: Path, tmp_path: Path) -
     import os
     import re
 
-    from drywall_core.config import get_settings
-    from drywall_core.docs_assets import assets_complete
+    from drywall_core.base.config import get_settings
+    from drywall_core.data.docs_assets import assets_complete
 
     if not assets_complete(get_settings().data_docs_assets):
         msg = f"Data Docs assets not installed at {get_settings().data_docs_assets} (make setup fetches them)"

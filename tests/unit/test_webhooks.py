@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drywall_core.webhooks import (
+from drywall_core.data.webhooks import (
     DeliveryStore,
     SchemaError,
     SignatureError,
@@ -123,7 +123,7 @@ def test_failed_emission_can_be_retried(tmp_path: Path) -> None:
 
 
 def test_delivery_id_is_bound_to_its_body(tmp_path: Path) -> None:
-    from drywall_core.webhooks import DeliveryConflict, fingerprint
+    from drywall_core.data.webhooks import DeliveryConflict, fingerprint
 
     store = DeliveryStore(tmp_path / "d.sqlite")
     first = fingerprint("/hooks/roboflow", BODY)

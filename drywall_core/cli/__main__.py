@@ -1,0 +1,3 @@
+from drywall_core.cli import main
+
+main()

@@ -1,0 +1,153 @@
+"""Drift and quality over time: every run is a snapshot in an Evidently workspace project.
+
+One project per model name, with a dashboard: the share of drifted features and the main image
+features per drift run, the per-prompt model signals of field predictions (foreground fraction,
+confidence, uncertainty), and the champion's per-prompt mIoU / Dice from the nightly evaluation.
+
+The workspace is a folder (``$DRYWALL_HOME/evidently`` or ``DRYWALL_EVIDENTLY_WORKSPACE``), or the
+URL of an ``evidently ui`` service (``DRYWALL_EVIDENTLY_URL``, how the local stack runs it): hosts
+that share nothing but the network all add their runs to the one service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from drywall_core.base.config import get_settings
+from drywall_core.field.drift import MAIN_FEATURES
+
+SIGNALS = ("fg_fraction", "mean_confidence", "uncertain_share")
+TAG_DRIFT, TAG_FIELD, TAG_EVAL = "drift", "field-predictions", "evaluation"
+
+
+def slug(prompt: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
+
+
+def open_workspace(where: str, secret: str | None = None) -> Any:
+    """A local workspace folder (created if missing) or a remote ``evidently ui`` at an http(s) URL.
+
+    A remote one is given ``secret`` (default: ``DRYWALL_EVIDENTLY_SECRET``), which the stack's
+    service demands on every request.
+    """
+    if _is_url(where):
+        from evidently.ui.workspace import RemoteWorkspace
+
+        if secret is None:
+            configured = get_settings().evidently_secret
+            secret = configured.get_secret_value() if configured else None
+        return RemoteWorkspace(where.rstrip("/"), secret=secret)
+    from evidently.ui.workspace import Workspace
+
+    return Workspace.create(where)
+
+
+def _panels(prompts: Sequence[str]) -> list[Any]:
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import counter_panel, line_plot_panel, text_panel
+
+    def mean(column: str, legend: str, tag: str) -> PanelMetric:
+        return PanelMetric(legend=legend, metric="MeanValue", metric_labels={"column": column}, tags=[tag])
+
+    drifted = PanelMetric(
+        legend="drifted share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"}, tags=[TAG_DRIFT]
+    )
+    panels = [
+        text_panel("drywall-qa: field images and model quality over time"),
+        counter_panel("Share of drifted features (latest run)", [drifted], size="half", aggregation="last"),
+        line_plot_panel("Share of drifted features", [drifted], size="half"),
+        line_plot_panel(
+            "Image features (mean of each drift run)",
+            [mean(c, c, TAG_DRIFT) for c in MAIN_FEATURES if c != "sharpness_laplacian_var"],
+            size="half",
+        ),
+        line_plot_panel(
+            "Sharpness (variance of the Laplacian)", [mean("sharpness_laplacian_var", "sharpness", TAG_DRIFT)], "half"
+        ),
+    ]
+    for signal, title in (
+        ("fg_fraction", "Predicted foreground fraction per prompt"),
+        ("mean_confidence", "Mean confidence per prompt"),
+        ("uncertain_share", "Uncertain pixel share per prompt (p in [0.3, 0.7])"),
+    ):
+        panels.append(line_plot_panel(title, [mean(f"{signal}__{slug(p)}", p, TAG_FIELD) for p in prompts], "half"))
+    panels += [
+        line_plot_panel("Champion mIoU per prompt", [mean(f"iou__{slug(p)}", p, TAG_EVAL) for p in prompts], "half"),
+        line_plot_panel("Champion Dice per prompt", [mean(f"dice__{slug(p)}", p, TAG_EVAL) for p in prompts], "half"),
+    ]
+    return panels
+
+
+def ensure_project(ws: Any, name: str, prompts: Sequence[str]) -> Any:
+    """The model's project, created with its dashboard on first use."""
+    found = [p for p in ws.search_project(name) if p.name == name]
+    if found:
+        return found[0]
+    project = ws.create_project(name, description="drywall-qa: drift, field predictions and evaluations over time")
+    for panel in _panels(prompts):
+        project.dashboard.add_panel(panel)
+    return project
+
+
+def _is_url(where: str) -> bool:
+    return where.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _workspace_lock(where: str) -> Iterator[None]:
+    """One process or thread at a time writes to a local workspace: two at once would make two
+    projects of one name, or read a project file half written. A service does its own bookkeeping."""
+    if _is_url(where):
+        yield
+        return
+    Path(where).mkdir(parents=True, exist_ok=True)
+    with open(Path(where) / ".drywall-project.lock", "a") as lock:  # a new open file: flock excludes threads too
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _add(where: str, model: str, prompts: Sequence[str], snapshot: Any) -> str:
+    """Add a run to the model's project (created with its dashboard on first use)."""
+    with _workspace_lock(where):
+        ws = open_workspace(where)
+        return str(ws.add_run(ensure_project(ws, model, prompts).id, snapshot).id)
+
+
+def _mean_report(frame: pd.DataFrame, tags: list[str], metadata: dict[str, Any]) -> Any:
+    from evidently import Report
+    from evidently.metrics import MeanValue
+
+    meta = {k: str(v) for k, v in metadata.items()}
+    report = Report([MeanValue(column=c) for c in frame.columns], tags=tags, metadata=meta)
+    return report.run(current_data=frame.reset_index(drop=True))
+
+
+def record_drift(where: str, model: str, prompts: Sequence[str], snapshot: Any) -> str:
+    """A drift run's Evidently snapshot (drifted share, per-column drift, main feature means)."""
+    return _add(where, model, prompts, snapshot)
+
+
+def record_field(where: str, model: str, prompts: Sequence[str], summary: pd.DataFrame, meta: dict) -> str:
+    """A field-prediction run: per prompt, the mean foreground fraction, confidence and uncertain share."""
+    wide = summary.pivot_table(index="sha256", columns="prompt", values=list(SIGNALS), aggfunc="mean")
+    wide.columns = [f"{signal}__{slug(prompt)}" for signal, prompt in wide.columns]
+    return _add(where, model, prompts, _mean_report(wide, [TAG_FIELD], meta))
+
+
+def record_evaluation(where: str, model: str, prompts: Sequence[str], metrics: dict[str, Any], meta: dict) -> str:
+    """A champion evaluation: per prompt, mean IoU and Dice over the validation images."""
+    prompt_of = {name: d["prompt"] for name, d in metrics["datasets"].items()}
+    columns: dict[str, list[float]] = {}
+    for row in metrics.get("per_image", []):
+        p = slug(prompt_of.get(row["dataset"], row["dataset"]))
+        columns.setdefault(f"iou__{p}", []).append(row["iou"])
+        columns.setdefault(f"dice__{p}", []).append(row["dice"])
+    frame = pd.DataFrame({k: pd.Series(v, dtype=float) for k, v in columns.items()})
+    return _add(where, model, prompts, _mean_report(frame, [TAG_EVAL], meta))
