@@ -34,10 +34,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: setup lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 unit: setup
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit --durations=10
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -162,7 +162,7 @@ def run_stage(stage: str, export: Path, work: Path) -> dict[str, float]:
 def main() -> None:
     args = _parser().parse_args()
     if args.smoke:
-        args.sizes, args.quick = [40, 80], False
+        args.sizes, args.quick = [20, 40], False
     if args.run_stage:  # the child: one stage, one JSON line
         stage, export, work = args.run_stage
         print(json.dumps(run_stage(stage, Path(export), Path(work))))
