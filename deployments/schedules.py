@@ -10,12 +10,13 @@ with the API's basic-auth string when one is set.
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
+
+from drywall_core.stages.context import auth_headers
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,6 @@ class ScheduleCheck:
             f"schedule {', '.join(self.crons)} is active but the scheduler has created no upcoming run "
             "(see the Prefect server's log for scheduler errors)"
         )
-
-
-def auth_headers(auth_string: str | None) -> dict[str, str]:
-    """The ``Authorization`` header Prefect's ``PREFECT_API_AUTH_STRING`` client sends."""
-    if not auth_string:
-        return {}
-    return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
 
 
 def _post(client: httpx.Client, path: str, body: dict) -> list[dict]:

@@ -34,11 +34,12 @@ from typing import Any
 
 from deployments.postgres import PostgresServer, data_folder_for, postgres_bin
 from deployments.s3server import S3Server, free_port_pair
-from deployments.schedules import ScheduleCheck, auth_headers, check_schedules, wait_for_schedules
+from deployments.schedules import ScheduleCheck, check_schedules, wait_for_schedules
 from drywall_core.base.config import Settings
 from drywall_core.base.errors import DrywallError
 from drywall_core.base.fsutil import atomic_write_text
 from drywall_core.base.procs import pid_alive
+from drywall_core.stages.context import auth_headers
 
 BUCKET = "drywall"
 COMPONENTS = ("postgres", "prefect-server", "s3", "evidently", "worker-cpu", "worker-gpu", "webhook")

@@ -16,7 +16,6 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from deployments.schedules import auth_headers
 from drywall_core.base.config import get_settings
 from drywall_core.data.webhooks import (
     MAX_BODY_BYTES,
@@ -41,12 +39,12 @@ from drywall_core.data.webhooks import (
     parse_field_images,
     verify,
 )
+from drywall_core.stages.context import HttpEvents
 
 log = logging.getLogger("drywall.webhook")
 Emitter = Callable[[str, str, dict[str, Any], str | None], str]
 
 
-MAX_EVENT_BYTES = 1_400_000  # Prefect's server drops events over 1.5 MB (PREFECT_EVENTS_MAXIMUM_SIZE_BYTES)
 EMIT_TIMEOUT_S = 5.0  # well inside the delivery lease, so a slow API cannot cause a double emission
 HEALTH_TIMEOUT_S = 1.0
 
@@ -54,31 +52,13 @@ HEALTH_TIMEOUT_S = 1.0
 def prefect_emitter(
     api_url: str, api_key: str | None = None, timeout: float = EMIT_TIMEOUT_S, auth_string: str | None = None
 ) -> Emitter:
-    """Send one event to the Prefect API and return its id (raises if the API refuses).
-
-    ``api_key`` is Prefect Cloud's bearer key; ``auth_string`` a self-hosted server's basic auth
-    (``PREFECT_API_AUTH_STRING``, ``user:password``).
-    """
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else auth_headers(auth_string)
-    client = httpx.Client(base_url=api_url.rstrip("/") + "/", headers=headers, timeout=timeout)
+    """Send one event to the Prefect API and return its id (raises if the API refuses, so the
+    delivery is answered 503 and the sender retries). ``api_key`` is Prefect Cloud's bearer key;
+    ``auth_string`` a self-hosted server's basic auth (``PREFECT_API_AUTH_STRING``)."""
+    events = HttpEvents(api_url, auth_string, api_key, timeout)
 
     def emit(event: str, resource_id: str, payload: dict[str, Any], event_id: str | None = None) -> str:
-        event_id = event_id or str(uuid.uuid4())
-        body = [
-            {
-                "id": event_id,
-                "occurred": datetime.now(UTC).isoformat(),
-                "event": event,
-                "resource": {"prefect.resource.id": resource_id, "prefect.resource.name": resource_id},
-                "payload": payload,
-            }
-        ]
-        encoded = json.dumps(body).encode()
-        if len(encoded) > MAX_EVENT_BYTES:  # the server would drop it without a word: refuse it here
-            raise ValueError(f"event {event} of {len(encoded)} bytes is over Prefect's {MAX_EVENT_BYTES} cap")
-        r = client.post("events", content=encoded, headers={"Content-Type": "application/json"})
-        r.raise_for_status()
-        return event_id
+        return events.send(event, {"prefect.resource.id": resource_id}, payload, event_id)
 
     return emit
 

@@ -282,8 +282,9 @@ def run_drift(
     drift_share: float = 0.5,
     n_reference: int | None = None,
     reference_skipped: list[dict] | None = None,
+    notes: dict[str, Any] | None = None,
 ) -> DriftResult:
-    """Write ``drift.json`` and ``drift.html`` to ``out``."""
+    """Write ``drift.json`` (with ``notes``, e.g. whether model signals were compared) and ``drift.html``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     snapshot, summary = drift_report(reference, current.frame, drift_share)
@@ -293,6 +294,7 @@ def run_drift(
         "n_current": len(current.frame),
         "skipped": current.skipped,
         "reference_skipped": reference_skipped or [],
+        **(notes or {}),
     }
     html = out / "drift.html"
     tmp = out / ".drift.html.tmp"

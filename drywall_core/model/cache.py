@@ -142,8 +142,10 @@ class ActivationCache:
         progress: bool = True,
         keys: Sequence[str] | None = None,
         on_batch: Any = None,
+        on_progress: Any = None,
     ) -> dict[str, int]:
-        """Encode every item not yet cached; returns counts. Safe to interrupt and call again."""
+        """Encode every item not yet cached; returns counts. Safe to interrupt and call again.
+        ``on_batch(batch index)`` and ``on_progress(views encoded, views to encode)`` after each batch."""
         keys = list(keys) if keys is not None else [it.key for it in items]
         todo = self.pending(items, keys)
         bar = tqdm(total=len(todo), desc="activation cache", unit="img", disable=None if progress and todo else True)
@@ -154,6 +156,8 @@ class ActivationCache:
                 bar.update(len(chunk))
                 if on_batch is not None:
                     on_batch(start // batch_size)
+                if on_progress is not None:
+                    on_progress(start + len(chunk), len(todo))
         finally:
             self.flush()  # what was encoded is kept, also on an interrupt
             bar.close()
@@ -311,9 +315,7 @@ class SharedCache:
             self._download(fetch[start : start + self.GROUP])
             bar.update(len(fetch[start : start + self.GROUP]))
         bar.close()
-        todo = len(self.cache.pending(items, keys))
-        on_batch = None if on_cache is None else (lambda i: on_cache(min((i + 1) * batch_size, todo), todo))
-        stats = self.cache.build(items, batch_size, progress, keys=keys, on_batch=on_batch)
+        stats = self.cache.build(items, batch_size, progress, keys=keys, on_progress=on_cache)
         push = [k for k in dict.fromkeys(keys) if self._name(k) not in remote]
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(self._upload, push))

@@ -98,8 +98,9 @@ def probabilities(
         raise InputError("no prompt given: the model answers a text prompt such as 'segment crack'")
     conds = text_embeddings_cached(loaded, prompts)  # a prompt the model cannot take fails here, first
     out: list[ProbabilityMaps] = []
-    for start in range(0, len(images), max(batch_size, 1)):
-        chunk = list(images[start : start + max(batch_size, 1)])
+    step = max(batch_size, 1)
+    for start in range(0, len(images), step):
+        chunk = list(images[start : start + step])
         acts = encode_images(loaded.model, pixel_values(loaded, chunk).to(device_of(loaded)), parallel_images(loaded))
         sizes = [im.size for im in chunk]
         per_prompt = [

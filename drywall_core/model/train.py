@@ -293,10 +293,7 @@ def _fit(
     cache = ActivationCache(cache_root, loaded, cfg.cache_dtype)
     t0 = t_start = time.perf_counter()
     items, keys = train_items + val_items, train_keys + val_keys
-    todo = len(cache.pending(items, keys))
-    step = cfg.cache_batch_size
-    on_batch = None if on_cache is None else (lambda i: on_cache(min((i + 1) * step, todo), todo))
-    stats = cache.build(items, step, progress, keys=keys, on_batch=on_batch)
+    stats = cache.build(items, cfg.cache_batch_size, progress, keys=keys, on_progress=on_cache)
     cache_seconds = time.perf_counter() - t0
     val_flat = [v[0] for v in val_views]
 

@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -144,26 +143,30 @@ class MemoryEvents:
         return self.sent[-1].id
 
 
+def auth_headers(auth_string: str | None, api_key: str | None = None) -> dict[str, str]:
+    """The ``Authorization`` header Prefect's client sends: Prefect Cloud's bearer ``api_key``, or a
+    self-hosted server's basic auth (``PREFECT_API_AUTH_STRING``, ``user:password``)."""
+    import base64
+
+    if api_key:
+        return {"Authorization": f"Bearer {api_key}"}
+    if not auth_string:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
+
+
 class HttpEvents:
-    """Events posted to a Prefect server's ``/api/events`` (what the command line uses: no Prefect
-    import, the same events a flow emits). ``auth_string`` is a self-hosted server's basic auth
-    (``PREFECT_API_AUTH_STRING``), ``api_key`` Prefect Cloud's bearer key."""
+    """Events posted to a Prefect server's ``/api/events`` (the command line's sink and the webhook
+    receiver's emitter: no Prefect import, the same events a flow emits)."""
 
     def __init__(self, api_url: str, auth_string: str | None = None, api_key: str | None = None, timeout: float = 5.0):
-        import base64
-
         import httpx
 
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        elif auth_string:
-            headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
+        headers = {"Content-Type": "application/json", **auth_headers(auth_string, api_key)}
         self.client = httpx.Client(base_url=api_url.rstrip("/") + "/", headers=headers, timeout=timeout)
 
-    def emit(
-        self, event: str, resource: dict[str, str], payload: dict[str, Any], event_id: str | None = None
-    ) -> str | None:
+    def send(self, event: str, resource: dict[str, str], payload: dict[str, Any], event_id: str | None = None) -> str:
+        """Post one event and return its id; raises when the API refuses it or cannot be reached."""
         event_id = event_id or str(uuid.uuid4())
         resource = {"prefect.resource.name": resource["prefect.resource.id"], **resource}
         body = [
@@ -178,12 +181,18 @@ class HttpEvents:
         encoded = json.dumps(body, default=str).encode()
         if len(encoded) > MAX_EVENT_BYTES:  # the server would drop it without a word: refuse it here
             raise ValueError(f"event {event} of {len(encoded)} bytes is over Prefect's {MAX_EVENT_BYTES} cap")
+        self.client.post("events", content=encoded).raise_for_status()
+        return event_id
+
+    def emit(
+        self, event: str, resource: dict[str, str], payload: dict[str, Any], event_id: str | None = None
+    ) -> str | None:
+        """:meth:`send`, where a failure is a warning: the decision it reports is recorded already."""
         try:
-            self.client.post("events", content=encoded).raise_for_status()
-        except Exception as exc:  # noqa: BLE001 - the decision is recorded already (audit log, store): say so, go on
+            return self.send(event, resource, payload, event_id)
+        except Exception as exc:  # noqa: BLE001 - the decision is in the audit log and the store: say so, go on
             log.warning("event %s not sent to %s: %s: %s", event, self.client.base_url, type(exc).__name__, exc)
             return None
-        return event_id
 
 
 def events_from_environment() -> EventSink:
@@ -250,9 +259,6 @@ class Context:
     def with_settings(self, **update: Any) -> Context:
         """The same reporter and events over settings with ``update`` applied (e.g. a run's recorded split)."""
         return Context(self.settings.model_copy(update=update), self.reporter, self.events, self.artifacts)
-
-
-ContextFactory = Callable[[], Context]
 
 
 def model_registry(settings: Settings | None = None) -> Any:

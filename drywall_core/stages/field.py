@@ -7,7 +7,6 @@ the same events.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from typing import Any
 import pandas as pd
 
 from drywall_core.base.errors import InputError
-from drywall_core.base.fsutil import atomic_write_text
 from drywall_core.base.markup import md
 from drywall_core.stages.context import Context
 
@@ -105,9 +103,10 @@ def drift(
             ctx.reporter.warn(f"drift model signals {signals}")
     for item in current_features.skipped:
         ctx.reporter.warn(f"{item['path']}: skipped ({item['reason']})")
-    result = d.run_drift(ref_frame, current_features, Path(out), share, reference_skipped=ref_skipped)
-    summary = {**result.summary, "model_signals": signals}
-    atomic_write_text(result.json_path, json.dumps(summary, indent=2))  # drift.json says whether they were compared
+    result = d.run_drift(
+        ref_frame, current_features, Path(out), share, reference_skipped=ref_skipped, notes={"model_signals": signals}
+    )
+    summary = result.summary
     outcome = DriftOutcome(summary, result.json_path, result.html_path, signals)
     if workspace:
         try:

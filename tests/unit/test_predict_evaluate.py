@@ -229,33 +229,6 @@ def test_registry_publish_judges_a_train_run_like_the_flow(cli, trained: Path, m
     assert not_a_run.code == 2 and "not a finished `drywall train` run" in not_a_run.err
 
 
-class EventsEndpoint:
-    """A loopback stand-in for Prefect's ``POST /api/events`` that keeps what it was sent."""
-
-    def __init__(self) -> None:
-        import http.server
-        import threading
-
-        received = self.received = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append((self.path, self.headers.get("Authorization"), json.loads(body)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                return None
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self, name: str) -> list[dict]:
-        return [e for path, _, body in self.received if path == "/api/events" for e in body if e["event"] == name]
-
-
 def test_registry_publish_runs_the_shadow_and_emits_the_refusal(
     cli, trained: Path, synthetic_exports, tmp_path: Path, monkeypatch
 ) -> None:
@@ -263,8 +236,10 @@ def test_registry_publish_runs_the_shadow_and_emits_the_refusal(
     before the gate decides, and a refusal is sent to the Prefect API as ``drywall.gate.refused``."""
     import shutil
 
-    endpoint = EventsEndpoint()
-    monkeypatch.setenv("PREFECT_API_URL", endpoint.url)
+    from tests.integration.alert_sink import Sink
+
+    endpoint = Sink()  # stands in for Prefect's POST /api/events
+    monkeypatch.setenv("PREFECT_API_URL", endpoint.url.split("/services/")[0] + "/api")
     monkeypatch.setenv("PREFECT_API_AUTH_STRING", "admin:s3cret")
     monkeypatch.setenv("DRYWALL_GATE__MIN_MIOU", "0")
     monkeypatch.setenv("DRYWALL_GATE__MIN_DICE", "0")
@@ -280,7 +255,7 @@ def test_registry_publish_runs_the_shadow_and_emits_the_refusal(
     assert refused["resource"]["prefect.resource.id"] == "drywall.model.clipseg-drywall"
     assert refused["resource"]["drywall.regression"] == "false"
     assert any("does not beat the champion" in r for r in refused["payload"]["reasons"])
-    assert endpoint.received[0][1].startswith("Basic "), "the server's basic auth is sent"
+    assert endpoint.requests[0][1].startswith("Basic "), "the server's basic auth is sent"
     from drywall_core.stages.context import model_registry
 
     decision = model_registry().audit_log()[-1]["decision"]
