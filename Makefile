@@ -33,11 +33,15 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
-	$(PY) -m pytest --durations=25
+# three xdist workers on 2 cores: much of the suite waits on servers, schedules and subprocesses
+TEST_WORKERS ?= 3
 
+test: setup lint
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+
+# the inner loop: tests/unit without the few marked slow (`make test` runs those too)
 unit: setup
-	$(PY) -m pytest tests/unit --durations=10
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests/unit -m 'not slow' --durations=10
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,48 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# `make test` runs the suite on pytest-xdist workers, a test module per unit of work (--dist loadfile:
+# a module's server, big export or trained model is built once). Each worker takes the next module
+# as it frees up, so the longest start first (measured with --durations; the wait-bound production
+# path then overlaps the CPU-bound rest) and the run lasts about as long as its longest module.
+# (Not --dist loadgroup: with pytest 9 its groups are silently ignored, xdist 3.8 sets a node id
+# field pytest no longer reads.)
+LONGEST_FIRST = (
+    "tests/integration/test_production_path.py",
+    "tests/integration/test_flows.py",
+    "tests/integration/test_stack.py",
+    "tests/integration/test_webhook.py",
+    "tests/integration/test_equivalence.py",
+    "tests/unit/test_predict_evaluate.py",
+    "tests/unit/test_train.py",
+    "tests/unit/test_bench.py",
+    "tests/integration/test_demo.py",
+    "tests/integration/test_dask.py",
+    "tests/integration/test_label_queue.py",
+    "tests/unit/test_cli_faults.py",
+    "tests/unit/test_drift.py",
+    "tests/integration/test_interrupts.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Started in the background by a non-interactive shell (`make test &`, nohup, some CI runners),
+    this process inherits SIGINT ignored, and so would every server, worker and command a test
+    starts: Ctrl-C tests then see Ctrl-C do nothing, and a Prefect worker, which turns SIGTERM into
+    SIGINT, never stops. The tests stand for processes started as a shell or a service manager
+    starts them, so Ctrl-C is made deliverable again here (in each xdist worker too)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 def _sample_root() -> Path:
@@ -67,6 +112,35 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _signal_state() -> tuple[set[int], set[int]]:
+    """(blocked, ignored) among SIGINT/SIGTERM for this thread, as the kernel sees them (C code
+    can change both without Python knowing; a child process inherits both)."""
+    blocked = set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) & set(_SIGNALS)
+    status = Path("/proc/thread-self/status").read_text()
+    ignored_mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return blocked, {s for s in _SIGNALS if ignored_mask >> (s - 1) & 1}
+
+
+@pytest.fixture(autouse=True)
+def _signals_as_from_a_terminal(request: pytest.FixtureRequest):
+    """Every test starts with Ctrl-C and SIGTERM deliverable, as a shell gives a command, and a test
+    that leaves them blocked or ignored (for the processes the next tests start) is named."""
+    yield
+    if threading.current_thread() is not threading.main_thread():
+        return
+    blocked, ignored = _signal_state()
+    if blocked or ignored:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, list(blocked))
+        for s in ignored:
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+        what = {s: "blocked" if s in blocked else "ignored" for s in blocked | ignored}
+        names = ", ".join(f"{signal.Signals(s).name} {how}" for s, how in what.items())
+        warnings.warn(f"{request.node.nodeid} left {names}; restored", stacklevel=1)
 
 
 @dataclass

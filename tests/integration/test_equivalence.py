@@ -29,10 +29,11 @@ def cli(prefect_api):
 
     from tests.conftest import CliResult
 
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    api = PREFECT_API_URL.value()
 
     def run(*args) -> CliResult:
         command = [str(Path(sys.executable).parent / "drywall"), *map(str, args)]
+        env = {**os.environ, "PREFECT_API_URL": api}  # as the test has set it by now
         r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
         return CliResult(r.returncode, r.stdout, r.stderr)
 
@@ -50,6 +51,45 @@ def _copied(export: Path) -> Path:
     from drywall_core.base.config import get_settings
 
     return Path(get_settings().home).resolve() / "data" / f"local-{export.resolve().name}"
+
+
+def _tree(root: Path) -> dict[str, str]:
+    from drywall_core.data.exports import LINEAGE_FILE, sha256_file
+
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name != LINEAGE_FILE]
+    return {str(p.relative_to(root)): sha256_file(p) for p in files}
+
+
+def test_pull_gives_the_same_export_and_lineage(cli, sample_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """`drywall pull` and the ingest flow's pull task, through the real SDK against one loopback
+    Roboflow API: byte-identical files and the same lineage (but for when it was recorded)."""
+    from prefect import flow
+
+    from drywall_core.base.config import get_settings
+    from drywall_core.data.exports import LINEAGE_FILE
+    from tasks.data import pull_task
+    from tests.fakes.roboflow_api import FakeRoboflow, zip_export
+
+    key = "testKey-abc123"
+    with FakeRoboflow("site-qa", "cracks-3ii36-johwn", 1, zip_export(sample_data / "cracks.v1i.coco"), key) as api:
+        monkeypatch.setenv("DRYWALL_ROBOFLOW_API_URL", api.url)
+        monkeypatch.setenv("DRYWALL_ROBOFLOW_API_KEY", key)
+        get_settings.cache_clear()
+
+        @flow
+        def pull_only(out: str) -> str:
+            return pull_task(api.workspace, api.project, 1, out)
+
+        by_flow = Path(pull_only(str(tmp_path / "by-flow")))
+        by_cli = tmp_path / "by-cli"
+        r = cli("pull", "--workspace", api.workspace, "--project", api.project, "--version", "1", "--out", by_cli)
+        assert r.code == 0, r.err
+        assert api.downloads == 2, "each route downloaded (neither reused the other's folder)"
+    assert _tree(by_flow) == _tree(by_cli) and len(_tree(by_cli)) > 100
+    lineages = [json.loads((d / LINEAGE_FILE).read_text()) for d in (by_flow, by_cli)]
+    for lineage in lineages:
+        assert lineage.pop("recorded_at")
+    assert lineages[0] == lineages[1]
 
 
 def test_ingest_gives_the_same_snapshot(cli, synthetic_root: Path) -> None:
@@ -169,3 +209,58 @@ def test_judge_and_publish_is_the_same(
     assert by_flow_drift["model_signals"] == by_cli["model_signals"] == "on"
     assert by_flow_drift["columns"] == by_cli["columns"] and "fg_fraction__segment_crack" in by_cli["columns"]
     assert by_flow_drift["drifted_share"] == by_cli["drifted_share"]
+
+
+def test_label_queue_is_the_same(cli, artifact_dir: Path, cracks_export: Path, tmp_path: Path, monkeypatch) -> None:
+    """The predict-field flow's label queue and `drywall label-queue` on the same champion and photos
+    (each on its own copy of the home, so neither sees the other's queue): the same photos uploaded
+    in the same order, each with the same prediction as its pre-annotation."""
+    import numpy as np
+    import yaml
+
+    from drywall_core.base.config import get_settings
+    from drywall_core.field import label_queue as lq
+    from flows.predict_field import predict_field
+    from tests.fakes.roboflow_api import FakeRoboflow
+
+    key, ws, project = "testKey-queue42", "site-qa", "cracks-3ii36-johwn"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted((cracks_export / "valid").glob("*.jpg"))[:6]:
+        shutil.copyfile(p, photos / p.name)
+    registry = yaml.safe_load((Path(__file__).parents[2] / "drywall_core" / "datasets.yaml").read_text())
+    registry["datasets"] = {"cracks": registry["datasets"]["cracks"]}  # one project, as the fake serves
+    registry["datasets"]["cracks"]["roboflow"] = {"workspace": ws, "project": project}
+    (tmp_path / "datasets.yaml").write_text(yaml.safe_dump(registry))
+    settings = {"DRYWALL_DATASETS_FILE": str(tmp_path / "datasets.yaml"), "DRYWALL_ROBOFLOW_API_KEY": key,
+                "DRYWALL_INFERENCE_PRECISION": "fp32", "DRYWALL_LABEL_QUEUE__PER_RUN": "3"}  # fmt: skip
+    for name, value in settings.items():  # fp32: int8's per-batch scales would let threads order a tie
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    _champion(artifact_dir)
+    home = Path(get_settings().home)
+    shutil.copytree(home, tmp_path / "cli-home")
+
+    uploads = {}
+    for route in ("flow", "cli"):
+        with FakeRoboflow(ws, project, 1, b"", key) as fake:
+            monkeypatch.setenv("DRYWALL_ROBOFLOW_API_URL", fake.url)
+            get_settings.cache_clear()
+            if route == "flow":
+                predict_field(folder=str(photos), batch="equivalence")
+            else:
+                monkeypatch.setenv("DRYWALL_HOME", str(tmp_path / "cli-home"))
+                args = ["--model", "registry:champion", "--images", photos, "--workspace", ws, "--project", project]
+                r = cli("label-queue", *args, "--top", "3", "--batch", "equivalence")
+                assert r.code == 0, r.out + r.err
+            uploads[route] = (list(fake.uploads), list(fake.annotations))
+    (flow_up, flow_ann), (cli_up, cli_ann) = uploads["flow"], uploads["cli"]
+    assert [u["name"] for u in flow_up] == [u["name"] for u in cli_up] and len(flow_up) == 3
+    assert {u["batch"] for u in flow_up + cli_up} == {"equivalence"}
+    for a, b in zip(flow_ann, cli_ann, strict=True):
+        img = a["coco"]["images"][0]
+        assert img == b["coco"]["images"][0]
+        masks = [lq.rasterise([s for x in ann["coco"]["annotations"] for s in x["segmentation"]],
+                              img["height"], img["width"]) for ann in (a, b)]  # fmt: skip
+        inter, union = np.logical_and(*masks).sum(), np.logical_or(*masks).sum()
+        assert union == 0 or inter / union >= 0.99, f"{img['file_name']}: the pre-annotations differ"

@@ -173,3 +173,16 @@ def test_redact_covers_encoded_forms() -> None:
     for form in (key, quote(key, safe=""), quote_plus(key), quote(key)):
         assert form not in masked
     assert masked.count("***") == 4
+
+
+def test_one_process_pulls_from_a_second_api_after_the_first(crack_zip: bytes, tmp_path: Path) -> None:
+    """The SDK binds ``API_URL`` at import; a long-lived worker must still reach the API it is given
+    now (was: 'override ignored', and the second pull went to the first, dead, API)."""
+    from drywall_core.data.sources import pull_roboflow
+
+    for n in (1, 2):
+        with FakeRoboflow("site-qa", "cracks-3ii36-johwn", 1, crack_zip, API_KEY) as server:
+            out = tmp_path / f"pull-{n}"
+            pull_roboflow(server.workspace, server.project, 1, out, API_KEY, retries=0, api_url=server.url)
+            assert "GET /site-qa/cracks-3ii36-johwn/1/coco" in server.requests, f"pull {n} reached its API"
+            assert len(open_export(out).splits["valid"].images) == 120

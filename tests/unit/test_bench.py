@@ -21,6 +21,7 @@ def test_bench_runs_as_module_and_as_file(name: str) -> None:
         assert r.returncode == 0 and "usage:" in r.stdout and "--smoke" in r.stdout, (cmd, r.stderr[-500:])
 
 
+@pytest.mark.slow  # ~75 s for all: `make test` runs them, `make unit` leaves them out
 @pytest.mark.parametrize("name", BENCHES)
 def test_bench_main_runs_on_tiny_inputs(name: str, sample_data) -> None:
     """The whole measurement on tiny inputs: it prints its table, with the ratio against the naive way."""

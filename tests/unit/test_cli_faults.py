@@ -271,13 +271,20 @@ def test_every_option_is_described(cli) -> None:
     assert bare == [], f"options without a description: {bare}"
 
 
-def test_offline_base_model_fails_in_one_line(cli, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
-    r = cli("model", "info", "CIDAS/clipseg-rd64-refined")
-    assert r.code == 2 and "unexpected" not in r.err
-    errors = [ln for ln in r.err.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "HF_HUB_OFFLINE is set" in errors[0] and "DRYWALL_BASE_MODEL" in errors[0], r.err
+def test_offline_base_model_fails_in_one_line(tmp_path: Path) -> None:
+    """A fresh process, as a user runs it: the hub library reads HF_HUB_OFFLINE once, at import (in
+    this test process it would already be imported online, and wait out its network retries)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache
+    drywall = Path(sys.executable).parent / "drywall"
+    r = subprocess.run([drywall, "model", "info", "CIDAS/clipseg-rd64-refined"], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "unexpected" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "HF_HUB_OFFLINE is set" in errors[0] and "DRYWALL_BASE_MODEL" in errors[0], r.stderr
 
 
 @pytest.fixture

@@ -119,6 +119,7 @@ def test_named_profile_sits_between_settings_and_explicit_overrides() -> None:
     assert resolve_train_config(base) == base, "no profile: the settings' (production) recipe"
 
 
+@pytest.mark.slow  # ~80 s: `make test` runs it, `make unit` (the inner loop) leaves it out
 def test_int8_cache_trains_as_well_as_fp16_on_the_real_exports(
     tiny_model_dir, cracks_export: Path, drywall_export: Path, tmp_path
 ) -> None:

@@ -90,10 +90,18 @@ def _verify(dest: Path) -> None:
 
 
 def point_sdk_at(api_url: str | None) -> None:
-    if api_url:  # the SDK reads API_URL once, at import
-        if "roboflow" in sys.modules and os.environ.get("API_URL") != api_url:
-            log.warning("roboflow already imported; API_URL override %s ignored", api_url)
-        os.environ["API_URL"] = api_url
+    """Send the SDK's next calls to ``api_url`` (a self-hosted or loopback Roboflow API).
+
+    The SDK binds ``API_URL`` by value in each of its modules at import time, so setting the
+    environment alone reaches only a process that has not imported it yet; a long-lived worker
+    pulling from two APIs would silently keep the first. Every binding is repointed instead."""
+    if not api_url:
+        return
+    os.environ["API_URL"] = api_url
+    for name, module in list(sys.modules.items()):
+        ours = name == "roboflow" or name.startswith("roboflow.")
+        if ours and module is not None and "API_URL" in vars(module):
+            vars(module)["API_URL"] = api_url
 
 
 def with_retries(what: str, attempt_fn, api_key: str, retries: int, backoff_s: float, cleanup=None, error: type = None):
