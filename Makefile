@@ -37,11 +37,11 @@ lint: setup
 TEST_WORKERS ?= 3
 
 test: setup lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist load --durations=25
 
 # the inner loop: tests/unit without the few marked slow (`make test` runs those too)
 unit: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests/unit -m 'not slow' --durations=10
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist load tests/unit -m 'not slow' --durations=10
 
 format: setup
 	$(VENV)/bin/ruff format .
