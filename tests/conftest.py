@@ -7,8 +7,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 # `make test` runs the suite on pytest-xdist workers, test by test (--dist load): each worker takes
 # the next test as it frees up, so the longest start first (measured with --durations; the
 # wait-bound production path then overlaps the CPU-bound rest) and the run lasts about as long as
-# its longest test. Measured on 2 cores: 10.5-11 min this way; 14.8 min with a module per unit
-# (--dist loadfile), which builds each module fixture once but balances worse. (--dist loadgroup
+# its longest test. Measured on 2 cores: 10.5-11 min this way in a warm checkout (14.8 on a clean
+# clone); 14.8 min warm with a module per unit (--dist loadfile), which balances worse. (--dist loadgroup
 # is no way out: with pytest 9 its groups are silently ignored.)
 LONGEST_FIRST = (
     "tests/integration/test_production_path.py",
@@ -115,35 +113,6 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
-
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _signal_state() -> tuple[set[int], set[int]]:
-    """(blocked, ignored) among SIGINT/SIGTERM for this thread, as the kernel sees them (C code
-    can change both without Python knowing; a child process inherits both)."""
-    blocked = set(signal.pthread_sigmask(signal.SIG_BLOCK, [])) & set(_SIGNALS)
-    status = Path("/proc/thread-self/status").read_text()
-    ignored_mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
-    return blocked, {s for s in _SIGNALS if ignored_mask >> (s - 1) & 1}
-
-
-@pytest.fixture(autouse=True)
-def _signals_as_from_a_terminal(request: pytest.FixtureRequest):
-    """Every test starts with Ctrl-C and SIGTERM deliverable, as a shell gives a command, and a test
-    that leaves them blocked or ignored (for the processes the next tests start) is named."""
-    yield
-    if threading.current_thread() is not threading.main_thread():
-        return
-    blocked, ignored = _signal_state()
-    if blocked or ignored:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, list(blocked))
-        for s in ignored:
-            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
-        what = {s: "blocked" if s in blocked else "ignored" for s in blocked | ignored}
-        names = ", ".join(f"{signal.Signals(s).name} {how}" for s, how in what.items())
-        warnings.warn(f"{request.node.nodeid} left {names}; restored", stacklevel=1)
 
 
 @dataclass

@@ -216,24 +216,20 @@ def test_label_queue_is_the_same(cli, artifact_dir: Path, cracks_export: Path, t
     (each on its own copy of the home, so neither sees the other's queue): the same photos uploaded
     in the same order, each with the same prediction as its pre-annotation."""
     import numpy as np
-    import yaml
 
     from drywall_core.base.config import get_settings
     from drywall_core.field import label_queue as lq
     from flows.predict_field import predict_field
     from tests.fakes.roboflow_api import FakeRoboflow
+    from tests.integration.test_production_path import _registry_on
 
     key, ws, project = "testKey-queue42", "site-qa", "cracks-3ii36-johwn"
     photos = tmp_path / "photos"
     photos.mkdir()
     for p in sorted((cracks_export / "valid").glob("*.jpg"))[:6]:
         shutil.copyfile(p, photos / p.name)
-    registry = yaml.safe_load((Path(__file__).parents[2] / "drywall_core" / "datasets.yaml").read_text())
-    registry["datasets"] = {"cracks": registry["datasets"]["cracks"]}  # one project, as the fake serves
-    registry["datasets"]["cracks"]["roboflow"] = {"workspace": ws, "project": project}
-    (tmp_path / "datasets.yaml").write_text(yaml.safe_dump(registry))
-    settings = {"DRYWALL_DATASETS_FILE": str(tmp_path / "datasets.yaml"), "DRYWALL_ROBOFLOW_API_KEY": key,
-                "DRYWALL_INFERENCE_PRECISION": "fp32", "DRYWALL_LABEL_QUEUE__PER_RUN": "3"}  # fmt: skip
+    settings = {"DRYWALL_ROBOFLOW_API_KEY": key, "DRYWALL_INFERENCE_PRECISION": "fp32",
+                "DRYWALL_LABEL_QUEUE__PER_RUN": "3"}  # fmt: skip
     for name, value in settings.items():  # fp32: int8's per-batch scales would let threads order a tie
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
@@ -245,6 +241,7 @@ def test_label_queue_is_the_same(cli, artifact_dir: Path, cracks_export: Path, t
     for route in ("flow", "cli"):
         with FakeRoboflow(ws, project, 1, b"", key) as fake:
             monkeypatch.setenv("DRYWALL_ROBOFLOW_API_URL", fake.url)
+            monkeypatch.setenv("DRYWALL_DATASETS_FILE", str(_registry_on(fake, tmp_path / "datasets.yaml")))
             get_settings.cache_clear()
             if route == "flow":
                 predict_field(folder=str(photos), batch="equivalence")

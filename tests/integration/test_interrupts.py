@@ -25,15 +25,6 @@ DRYWALL = Path(sys.executable).parent / "drywall"
 API_KEY = "testKey-abc123"
 
 
-def _as_from_a_terminal() -> None:
-    """The child starts as a shell's foreground command does: default dispositions, nothing blocked.
-    (An earlier test in this process -- a library's thread or C code -- may have left SIGINT
-    ignored or blocked, and a child inherits both; the suite then saw Ctrl-C do nothing.)"""
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-
-
 def _start(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [str(DRYWALL), *map(str, args)],
@@ -41,7 +32,6 @@ def _start(*args: str, env: dict | None = None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
-        preexec_fn=_as_from_a_terminal,
     )
 
 

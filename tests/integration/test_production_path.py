@@ -372,6 +372,6 @@ def test_nightly_retrain_across_a_cpu_and_a_gpu_host(
             with contextlib.suppress(ProcessLookupError):  # the killed host is gone already
                 os.killpg(w.pid, signal.SIGTERM)
         for w in workers:
-            w.wait(60)  # a worker finishes its shutdown (a loaded machine: xdist neighbours)
+            w.wait(30)
         fake.__exit__(None, None, None)
         sink.server.shutdown()
