@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup demo test unit lint format bench clean lock
 
-$(STAMP): pyproject.toml requirements.lock infra/fetch-docs-assets.sh infra/ensure-postgres.sh
+$(STAMP): pyproject.toml requirements.lock infra/fetch-docs-assets.sh infra/ensure-package.sh infra/ensure-postgres.sh infra/ensure-chromium.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing drywall-qa into $(VENV) from requirements.lock (first time: ~2.5 min; torch is the CPU build 2.13.0)"
 	@set -o pipefail; $(PY) -m pip install --disable-pip-version-check --progress-bar off -c requirements.lock -e '.[dev]' 2>&1 \
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml requirements.lock infra/fetch-docs-assets.sh infra/ensu
 		       /^Successfully installed/{print "  installed"; next} {print; fflush()}'
 	@bash infra/fetch-docs-assets.sh $(VENV)/share/drywall-docs
 	@bash infra/ensure-postgres.sh
+	@bash infra/ensure-chromium.sh
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -53,6 +54,7 @@ bench: setup
 	$(PY) -m bench.predict
 	$(PY) -m bench.drift
 	$(PY) -m bench.shared_cache
+	$(PY) -m bench.serve
 	$(PY) -m bench.scale --quick
 
 clean:

@@ -8,7 +8,9 @@ server, all created or updated in place by name, so running the setup again chan
 - the promotion gate refused a candidate for a regression (``drywall.gate.refused`` labelled
   ``drywall.regression: "true"``);
 - the nightly evaluation found the champion regressed (``drywall.model.regressed``);
-- field images drifted (``drywall.drift.detected``).
+- field images drifted (``drywall.drift.detected``);
+- a prediction service refused a new champion (``drywall.serve.refused``: its warm-up masks differed
+  from those recorded at publish, a checksum failed, or it would not load).
 
 The server's own automation services send them, so alerts work while no worker is running.
 
@@ -72,6 +74,14 @@ ALERTS = (
         "drywall-qa: field images drifted from champion {{ event.payload.champion }}",
         "{{ (event.payload.drifted_share|float * 100)|round|int }}% of features drifted on "
         "{{ event.payload.n_current }} field images: {{ event.payload.drifted_columns|join(', ') }}",
+    ),
+    Alert(
+        "drywall: prediction service refused a model version",
+        {"prefect.resource.id": "drywall.serve.*"},
+        ("drywall.serve.refused",),
+        "drywall-qa: {{ event.resource.id }} refused model {{ event.payload.version }} ({{ event.payload.kind }})",
+        "The prediction service did not swap in {{ event.payload.version }}: {{ event.payload.reason }}. "
+        "It keeps serving {{ event.payload.serving }}.",
     ),
 )
 

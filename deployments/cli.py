@@ -67,7 +67,8 @@ app.add_typer(stack_app, name="stack")
 
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start PostgreSQL, Prefect server + UI, S3, Evidently UI, cpu/gpu workers and the webhook receiver; deploy."""
+    """Start PostgreSQL, Prefect server + UI, S3, Evidently UI, cpu/gpu workers, the webhook receiver and the
+    prediction service; deploy."""
     from deployments.stack import Stack
 
     stack = Stack(get_settings(), say=lambda line: typer.echo(line, err=True))
@@ -77,6 +78,7 @@ def stack_up() -> None:
     typer.echo(
         f"stack {verb}: Prefect UI http://127.0.0.1:{state['prefect_port']}  S3 {env['DRYWALL_S3_ENDPOINT_URL']}"
         f"  webhook {env['DRYWALL_WEBHOOK_URL']}  Evidently UI {env['DRYWALL_EVIDENTLY_URL']}"
+        f"  predictions {env['DRYWALL_SERVE_URL']}"
     )
     typer.echo(f"environment (credentials, mode 0600): source {stack.env_file}")
 

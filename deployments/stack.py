@@ -42,7 +42,7 @@ from drywall_core.base.procs import pid_alive
 from drywall_core.stages.context import auth_headers
 
 BUCKET = "drywall"
-COMPONENTS = ("postgres", "prefect-server", "s3", "evidently", "worker-cpu", "worker-gpu", "webhook")
+COMPONENTS = ("postgres", "prefect-server", "s3", "evidently", "worker-cpu", "worker-gpu", "webhook", "serve")
 HEARTBEAT_S = 30  # flow-run heartbeats from every worker's runs (the zombie automation waits 3 of them)
 CLIENT_RETRIES = 7  # Prefect client backoff 2, 4, ... 128 s: API outages of a few minutes are waited out
 STOP_SIGNAL = {"postgres": signal.SIGINT}  # PostgreSQL's fast shutdown; the rest take SIGTERM
@@ -157,19 +157,25 @@ class Stack:
     def _new_state(self) -> dict[str, Any]:
         """Ports from the settings; secrets made once and kept (a restart keeps every client working)."""
         s, old = self.settings, self.state() or {}
-        kept = {k: old[k] for k in ("secret_key", "prefect_auth", "evidently_secret", "postgres_password") if k in old}
+        kept = {
+            k: old[k]
+            for k in ("secret_key", "prefect_auth", "evidently_secret", "postgres_password", "serve_key")
+            if k in old
+        }
         return {
             "database": self._database(),
             "prefect_port": s.stack_prefect_port,
             "s3_port": s.stack_s3_port,
             "webhook_port": s.webhook_port,
             "evidently_port": s.stack_evidently_port,
+            "serve_port": s.serve.port,
             "postgres_port": s.stack_postgres_port,
             "access_key": old.get("access_key", "drywall"),
             "secret_key": secrets.token_hex(16),
             "prefect_auth": f"drywall:{secrets.token_urlsafe(24)}",
             "evidently_secret": secrets.token_urlsafe(24),
             "postgres_password": secrets.token_urlsafe(18),
+            "serve_key": "dwk_" + secrets.token_urlsafe(32),
             "webhook_secret": (
                 s.webhook_secret.get_secret_value()
                 if s.webhook_secret
@@ -191,7 +197,7 @@ class Stack:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         (self.dir / "logs").mkdir(mode=0o700, exist_ok=True)
-        ports = [state[k] for k in ("prefect_port", "s3_port", "webhook_port", "evidently_port")]
+        ports = [state[k] for k in ("prefect_port", "s3_port", "webhook_port", "evidently_port", "serve_port")]
         ports += [state["s3_port"] + 10000] + ([state["postgres_port"]] if state["database"] == "postgres" else [])
         for port in ports:
             if port_open(port):
@@ -206,7 +212,7 @@ class Stack:
                 ("S3 (SeaweedFS, hardened)", lambda: self._start_s3(state, timeout)),
                 ("Evidently UI", lambda: self._start_evidently(state, env, timeout)),
                 ("work pools, alerts and deployments", lambda: self._deploy(env)),
-                ("workers and webhook receiver", lambda: self._start_workers(state, env, timeout)),
+                ("workers, webhook receiver and prediction service", lambda: self._start_workers(state, env, timeout)),
                 ("schedules produce upcoming runs", lambda: self._check_schedules(state)),
             ]
             if state["database"] != "postgres":
@@ -237,6 +243,8 @@ class Stack:
             "DRYWALL_EVIDENTLY_URL": f"http://127.0.0.1:{state['evidently_port']}",
             "DRYWALL_EVIDENTLY_SECRET": state["evidently_secret"],
             "DRYWALL_WEBHOOK_SECRET": state["webhook_secret"],
+            "DRYWALL_SERVE_URL": f"http://127.0.0.1:{state['serve_port']}",
+            "DRYWALL_API_KEY": state["serve_key"],
         }
 
     def env(self, state: dict[str, Any]) -> dict[str, str]:
@@ -354,7 +362,20 @@ class Stack:
         port = str(state["webhook_port"])
         self._spawn("webhook", [self._bin("drywall"), "webhook", "serve", "--host", "127.0.0.1", "--port", port], env)
         self._wait(lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), "webhook", timeout)
+        self._start_serve(state, env, timeout)
         self._wait(lambda: self._workers_online(state), "workers", timeout)
+
+    def _start_serve(self, state: dict, env: dict, timeout: float) -> None:
+        """The prediction service, its key stored hashed beside the stack's state (the client's key
+        is in stack.env); alive at once, ready once a champion is published and warmed."""
+        from drywall_core.serve.keys import hash_key
+
+        keys = self.dir / "api-keys.txt"
+        _write_secret(keys, hash_key(state["serve_key"]) + "\n")
+        port = str(state["serve_port"])
+        serve_env = {**env, "DRYWALL_SERVE__API_KEYS_FILE": str(keys)}
+        self._spawn("serve", [self._bin("drywall"), "serve", "--host", "127.0.0.1", "--port", port], serve_env)
+        self._wait(lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), "prediction service", timeout)
 
     def _check_schedules(self, state: dict[str, Any]) -> None:
         api = f"http://127.0.0.1:{state['prefect_port']}/api"
@@ -403,7 +424,7 @@ class Stack:
             (self.dir / f"{name}.pid").unlink(missing_ok=True)
         state = self.state()
         if state:
-            keys = ("prefect_port", "s3_port", "webhook_port", "evidently_port", "postgres_port")
+            keys = ("prefect_port", "s3_port", "webhook_port", "evidently_port", "serve_port", "postgres_port")
             ports = [state[k] for k in keys if state.get(k)]
             while any(port_open(p) for p in ports) and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -430,6 +451,7 @@ class Stack:
             "prefect-server": (state.get("prefect_port"), lambda p: _http_ok(f"http://127.0.0.1:{p}/api/health")),
             "s3": (state.get("s3_port"), port_open),
             "webhook": (state.get("webhook_port"), lambda p: _http_ok(f"http://127.0.0.1:{p}/healthz")),
+            "serve": (state.get("serve_port"), lambda p: _http_ok(f"http://127.0.0.1:{p}/healthz")),
             "evidently": (state.get("evidently_port"), lambda p: _http_ok(version.format(p), evidently)),
         }
         rows, problems = [], []

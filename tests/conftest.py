@@ -35,6 +35,8 @@ LONGEST_FIRST = (
     "tests/integration/test_flows.py::test_a_rerun_of_a_crashed_retrain",
     "tests/integration/test_flows.py::test_drift_flow_reports_and_emits_on_drift",
     "tests/integration/test_dask.py",
+    "tests/integration/test_serve_follow.py",
+    "tests/unit/test_bench.py::test_bench_main_runs_on_tiny_inputs[serve]",
     "tests/integration/test_equivalence.py",
     "tests/integration/test_label_queue.py",
     "tests/unit/test_predict_evaluate.py",

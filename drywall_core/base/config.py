@@ -78,6 +78,31 @@ class LabelQueueConfig(BaseModel):
     per_day: int = Field(100, ge=0, description="Images queued per Roboflow project per UTC day, across runs.")
 
 
+class ServeConfig(BaseModel):
+    """The prediction service (``drywall serve``): what it follows, how it batches, what it refuses."""
+
+    host: str = Field("127.0.0.1", description="Bind address of `drywall serve`.")
+    port: int = Field(8080, ge=1, le=65535, description="Port of `drywall serve`.")
+    poll_s: float = Field(5.0, gt=0, description="Seconds between reads of the champion alias.")
+    version: str | None = Field(None, description="Serve this model version instead of following the alias.")
+    api_keys_file: Path | None = Field(
+        None, description="One `sha256:<hex>` line per API key; unset: `drywall serve` needs --insecure-no-auth."
+    )
+    max_batch: int = Field(8, ge=1, description="Photos encoded together at most (concurrent requests coalesce).")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="How long a batch waits for more photos once it has one (those queued join anyway)."
+    )
+    max_body_bytes: int = Field(25_000_000, ge=1024, description="Largest request body (413 above).")
+    max_prompts: int = Field(8, ge=1, description="Prompts per request (422 above).")
+    max_prompt_chars: int = Field(200, ge=1, description="Characters per prompt (422 above).")
+    rate_per_min: float = Field(600.0, gt=0, description="Requests per minute per API key (429 above).")
+    rate_burst: int = Field(60, ge=1, description="Requests a key may send at once before the rate applies.")
+    metrics_open: bool = Field(True, description="GET /metrics without an API key (Prometheus scrapes it).")
+    warmup_images: int = Field(4, ge=0, description="Validation photos recorded with a version at publish time.")
+    warmup_min_iou: float = Field(0.98, ge=0, le=1, description="Warm-up masks must match the recorded ones this well.")
+    gallery_size: int = Field(24, ge=0, description="Recent field predictions the page shows.")
+
+
 class Settings(BaseSettings):
     """Project configuration; see README "Configuration" for the full list."""
 
@@ -189,6 +214,9 @@ class Settings(BaseSettings):
     alert_webhook_url: SecretStr | None = Field(
         default=None, description="Slack-compatible incoming webhook the alert automations post to."
     )
+
+    # Prediction service (nested: DRYWALL_SERVE__POLL_S=2)
+    serve: ServeConfig = Field(default_factory=lambda: ServeConfig())
 
     # Model and training (nested: DRYWALL_TRAIN__EPOCHS=30)
     base_model: str = Field(default="CIDAS/clipseg-rd64-refined", description="Hub id or local folder.")

@@ -166,8 +166,17 @@ def evaluate(
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     prompt: Annotated[str, typer.Option(help='Text prompt, e.g. "segment crack".')],
-    model: ModelOpt,
     out: Annotated[Path, typer.Option(help="Output folder for <stem>__<prompt>.png masks.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Fine-tuned artifact, model id, folder, registry:champion or registry:<version>."),
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option(help="A prediction service (drywall serve) to ask instead of a local model.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="DRYWALL_API_KEY", help="The service's API key (env DRYWALL_API_KEY).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images decoded and predicted at a time.")] = 8,
     threshold: Annotated[
         float | None, typer.Option(min=0, max=1, help="Probability cut (default: the artifact's best val threshold).")
@@ -180,8 +189,17 @@ def predict(
     """Predict binary masks ({0,255}, original size) for a text prompt; unreadable images exit 1."""
     from drywall_core.model.predict import predict_files
 
-    loaded = context().inference_model(model, precision)
-    report = predict_files(loaded, images, prompt, out, batch_size=batch_size, threshold=threshold)
+    if (model is None) == (server is None):
+        raise InputError("give --model (predict here) or --server (ask a prediction service), one of them")
+    if server is not None:
+        from drywall_core.serve.client import predict_remote
+
+        if threshold is not None or precision is not None:
+            raise InputError("--threshold and --precision are the service's own with --server")
+        report = predict_remote(server, images, prompt, out, api_key)
+    else:
+        loaded = context().inference_model(model, precision)
+        report = predict_files(loaded, images, prompt, out, batch_size=batch_size, threshold=threshold)
     for path, why in report.failed:
         err(f"{path}: cannot read image ({why}); skipped")
     typer.echo(f"wrote {len(report.written)} masks to {out}")

@@ -158,7 +158,7 @@ def registry_rollback(
     to: Annotated[str | None, typer.Option(help="Version to restore (default: the previous champion).")] = None,
 ) -> None:
     """Point the champion back at the previous (or a given) version; audited."""
-    alias = _context().models.rollback(to)
+    alias = ops.rollback(_context(), to)
     if alias.get("unchanged"):
         typer.echo(f"{alias['version']} is already the champion; nothing changed")
         return

@@ -75,6 +75,21 @@ def render(width: int, height: int, annotations: Iterable[tuple[Any, Any]]) -> n
 FINGERPRINT_KEY = "drywall-fingerprint"  # a PNG text chunk: what the mask was rendered from
 
 
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """A binary mask as COCO compressed RLE: ``{"size": [height, width], "counts": str}``."""
+    from pycocotools import mask as mu
+
+    rle = mu.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("utf-8")}
+
+
+def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    """:func:`encode_rle` undone: a (height, width) uint8 mask of {0, 1}."""
+    from pycocotools import mask as mu
+
+    return mu.decode({"size": list(rle["size"]), "counts": str(rle["counts"]).encode("utf-8")})
+
+
 def save_png_atomic(arr: np.ndarray, path: Path, fingerprint: str | None = None) -> None:
     """Write a PNG under a temporary name in the same folder, then rename (never half a file).
 

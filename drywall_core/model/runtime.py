@@ -88,7 +88,6 @@ def parallel_images(loaded: LoadedModel) -> bool:
 # The single call
 
 
-@torch.no_grad()
 def probabilities(
     loaded: LoadedModel, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = BATCH_SIZE
 ) -> list[ProbabilityMaps]:
@@ -96,18 +95,40 @@ def probabilities(
     prompts = list(dict.fromkeys(prompts))
     if not prompts:
         raise InputError("no prompt given: the model answers a text prompt such as 'segment crack'")
-    conds = text_embeddings_cached(loaded, prompts)  # a prompt the model cannot take fails here, first
+    return probabilities_each(loaded, images, [prompts] * len(images), batch_size)
+
+
+@torch.no_grad()
+def probabilities_each(
+    loaded: LoadedModel,
+    images: Sequence[Image.Image],
+    prompts_per_image: Sequence[Sequence[str]],
+    batch_size: int = BATCH_SIZE,
+) -> list[ProbabilityMaps]:
+    """Per image, its own prompts: a batch of the prediction service holds photos of different
+    requests. Each image is encoded once; each distinct prompt is decoded against the images that
+    asked for it."""
+    wanted = [list(dict.fromkeys(ps)) for ps in prompts_per_image]
+    if len(wanted) != len(images):
+        raise ValueError(f"{len(images)} images but {len(wanted)} prompt lists")
+    if any(not ps for ps in wanted):
+        raise InputError("no prompt given: the model answers a text prompt such as 'segment crack'")
+    distinct = list(dict.fromkeys(p for ps in wanted for p in ps))
+    conds = text_embeddings_cached(loaded, distinct) if distinct else None  # a bad prompt fails first
+    index = {p: i for i, p in enumerate(distinct)}
     out: list[ProbabilityMaps] = []
     step = max(batch_size, 1)
     for start in range(0, len(images), step):
-        chunk = list(images[start : start + step])
+        chunk, asks = list(images[start : start + step]), wanted[start : start + step]
         acts = encode_images(loaded.model, pixel_values(loaded, chunk).to(device_of(loaded)), parallel_images(loaded))
-        sizes = [im.size for im in chunk]
-        per_prompt = [
-            upsample_probs(decode(loaded.model, acts, conds[i : i + 1].expand(len(chunk), -1)), sizes)
-            for i in range(len(prompts))
-        ]
-        out += [{p: per_prompt[i][j] for i, p in enumerate(prompts)} for j in range(len(chunk))]
+        maps: list[ProbabilityMaps] = [{} for _ in chunk]
+        for p in dict.fromkeys(q for ps in asks for q in ps):
+            rows = [j for j, ps in enumerate(asks) if p in ps]
+            sel = acts if len(rows) == len(chunk) else acts[rows]
+            logits = decode(loaded.model, sel, conds[index[p] : index[p] + 1].expand(len(rows), -1))
+            for j, prob in zip(rows, upsample_probs(logits, [chunk[j].size for j in rows]), strict=True):
+                maps[j][p] = prob
+        out += [{p: m[p] for p in ps} for m, ps in zip(maps, asks, strict=True)]
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,15 +62,27 @@ class ModelRegistry:
         return f"{self.root}/audit.jsonl"
 
     # versions
-    def publish(self, artifact_dir: Path, version: str | None = None, extra: dict[str, Any] | None = None) -> dict:
-        """Upload every file of a model artifact, verified; the manifest goes last (create-only)."""
+    def publish(
+        self,
+        artifact_dir: Path,
+        version: str | None = None,
+        extra: dict[str, Any] | None = None,
+        extra_files: Sequence[Path] = (),
+    ) -> dict:
+        """Upload every file of a model artifact (and ``extra_files``: the warm-up set), verified; the
+        manifest goes last (create-only)."""
         artifact_dir = Path(artifact_dir)
         manifest = read_manifest(artifact_dir)
         version = version or new_version_id()
         if self.store.exists(self.version_key(version, MANIFEST_FILE)):
             raise Conflict(f"version {version} already exists; versions are immutable")
         files = {}
-        for path in sorted(p for p in artifact_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE):
+        own = sorted(p for p in artifact_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
+        clash = {p.name for p in own} & {Path(p).name for p in extra_files}
+        if clash:
+            raise InputError(f"{artifact_dir}: already holds {', '.join(sorted(clash))}; refusing to publish over it")
+        for path in [*own, *map(Path, extra_files)]:
+            check_segment(path.name, "file name")
             digest = sha256_file(path)
             recorded = manifest.get("files", {}).get(path.name)
             if recorded and recorded != digest:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from drywall_core.base.fsutil import inside
 from drywall_core.field.predictions import FieldImage, open_images
 from drywall_core.model.load import LoadedModel
 from drywall_core.model.metrics import iou
@@ -39,7 +40,7 @@ def latest_field_images(settings: Any, n: int, dest: Path) -> list[FieldImage]:
         newest = sorted(objects, key=lambda o: (o["LastModified"], o["Key"]), reverse=True)[:n]
         out = []
         for o in newest:
-            local = Path(dest) / o["Key"]
+            local = inside(Path(dest), o["Key"], "field image key")  # a key from outside stays in dest
             local.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(settings.s3_bucket, o["Key"], str(local))
             out.append(FieldImage(local, o["Key"]))

@@ -108,10 +108,35 @@ def pull(ctx: Context, version: str, out: Path) -> str:
     return v
 
 
+PROMOTED_EVENT = "drywall.model.promoted"
+
+
+def announce(ctx: Context, alias: dict[str, Any], action: str) -> str | None:
+    """``drywall.model.promoted`` after the champion alias moved: prediction services load the new
+    champion at once instead of at their next poll. Nothing moved (``unchanged``): no event."""
+    if alias.get("unchanged"):
+        return None
+    return ctx.events.emit(
+        PROMOTED_EVENT,
+        {"prefect.resource.id": f"drywall.model.{ctx.models.name}"},
+        {"version": alias["version"], "previous": alias.get("previous"), "action": action},
+    )
+
+
 def promote(ctx: Context, version: str, reason: str, force: bool = False) -> dict[str, Any]:
     """Make ``version`` the champion by hand (compare-and-swap, audited); ``force`` repairs a corrupt alias."""
     reg = ctx.models
     if force:
-        return {**reg.force_promote(version, reason=reason), "forced": True}
-    current = reg.champion()
-    return reg.promote(version, current[1] if current else None, reason=reason, action="manual-promote")
+        alias = {**reg.force_promote(version, reason=reason), "forced": True}
+    else:
+        current = reg.champion()
+        alias = reg.promote(version, current[1] if current else None, reason=reason, action="manual-promote")
+    announce(ctx, alias, "forced-promote" if force else "manual-promote")
+    return alias
+
+
+def rollback(ctx: Context, to: str | None = None) -> dict[str, Any]:
+    """Point the champion back (default: the one before it), audited and announced."""
+    alias = ctx.models.rollback(to)
+    announce(ctx, alias, "rollback")
+    return alias

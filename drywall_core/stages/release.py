@@ -44,6 +44,7 @@ class Judgement:
     champion_metrics: dict[str, Any] | None
     shadow: dict[str, Any]
     decision: GateDecision
+    warmup: list[Path] = field(default_factory=list)  # validation photos recorded with the version
 
 
 @dataclass
@@ -117,19 +118,49 @@ def judge(
     seen = shadow(ctx, Path(candidate), champion, work / "shadow")
     decision = decide(measured, champion_metrics, ctx.settings.gate, seen, claimed=claimed)
     ctx.reporter.info(f"gate: {'PROMOTE' if decision.promote else 'REFUSE'} ({'; '.join(decision.reasons)})")
-    return Judgement(measured, champion, champion_metrics, seen, decision)
+    warmup = warmup_photos(val, ctx.settings.serve.warmup_images)
+    return Judgement(measured, champion, champion_metrics, seen, decision, warmup)
+
+
+def warmup_photos(val: Sequence[Sample], n: int) -> list[Path]:
+    """``n`` held-out photos for the version's warm-up set: taken in turn from each dataset, in a
+    fixed order, so every prompt's data is represented and a re-run picks the same ones."""
+    by_dataset: dict[str, list[Path]] = {}
+    for x in sorted(val, key=lambda x: str(x.image)):
+        if x.image not in by_dataset.setdefault(x.dataset, []):
+            by_dataset[x.dataset].append(x.image)
+    queues, picked = [list(v) for _, v in sorted(by_dataset.items())], []
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return picked
 
 
 def publish(ctx: Context, candidate: Path, judgement: Judgement, extra: dict[str, Any] | None = None) -> Published:
     """Publish the candidate as a new version, settle the gate's decision, emit the refusal event."""
+    from drywall_core.release.warmup import record_warmup
+    from drywall_core.stages.registry import PROMOTED_EVENT
+
     reg = ctx.models
     decision = judgement.decision.to_dict()
-    record = reg.publish(Path(candidate), extra={**(extra or {}), "gate": decision})
+    with tempfile.TemporaryDirectory(prefix="drywall-warmup-") as tmp:
+        warmup = []
+        if judgement.warmup:
+            ctx.reporter.info(f"warm-up set: {len(judgement.warmup)} held-out photos recorded with the version")
+            warmup = record_warmup(ctx.inference_model(candidate), judgement.warmup, ctx.prompts, Path(tmp))
+        record = reg.publish(Path(candidate), extra={**(extra or {}), "gate": decision}, extra_files=warmup)
     version = record["version"]
     before = judgement.champion.version if judgement.champion else None
     outcome = reg.settle(version, judgement.champion.etag if judgement.champion else None, decision)
     event_id = None
-    if not outcome["promoted"]:
+    if outcome["promoted"]:
+        event_id = ctx.events.emit(
+            PROMOTED_EVENT,
+            {"prefect.resource.id": f"drywall.model.{reg.name}"},
+            {"version": version, "previous": before, "action": "promote"},
+        )
+    else:
         regression = any("regresses" in r or "shadow agreement" in r for r in decision["reasons"])
         event_id = ctx.events.emit(
             REFUSED_EVENT,

@@ -40,6 +40,11 @@ PROBES = (
     ("GET", "/dir/status"),
     ("GET", "/buckets/drywall/"),
     ("PUT", "/buckets/drywall/probe.txt"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/gallery"),
+    ("POST", "/v1/segment"),
 )
 
 

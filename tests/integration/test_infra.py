@@ -110,7 +110,7 @@ def test_compose_publishes_on_loopback_and_pins_every_image() -> None:
             assert port.startswith("${DRYWALL_PUBLISH_HOST:-127.0.0.1}:"), f"{name} publishes {port} on every interface"
     assert not services["postgres"].get("ports"), "PostgreSQL stays on the compose network"
     published = {n for n, s in services.items() if s.get("ports")}
-    assert published == {"prefect-server", "s3", "webhook"}, published
+    assert published == {"prefect-server", "s3", "webhook", "serve"}, published
     weed = services["s3"]["command"]
     assert "-webdav=false" in weed and "-admin.ui=false" in weed
     assert "s3-security:/etc/seaweedfs:ro" in services["s3"]["volumes"]
@@ -217,3 +217,29 @@ def test_worker_values_are_valid_kubernetes() -> None:
     kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
     env = {e["name"]: e["value"] for e in worker.get("extraEnvVars", [])}
     assert env.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") == "30"
+
+
+def test_serve_manifests_are_valid_kubernetes_with_probes_and_autoscaling() -> None:
+    """The prediction service's Deployment, Service and HPA validate offline (strict), probe the
+    service's own routes, and the HPA scales the Deployment the Service selects."""
+    import kubernetes_validate
+
+    docs = list(yaml.safe_load_all((REPO / "infra" / "k8s" / "serve.yaml").read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    pod = kinds["Deployment"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["command"][:2] == ["drywall", "serve"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DRYWALL_SERVE__API_KEYS_FILE"].startswith("/etc/drywall/"), "keys come from a Secret"
+    assert kinds["Service"]["spec"]["selector"] == pod["metadata"]["labels"]
+    target = kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", kinds["Deployment"]["metadata"]["name"])
+    assert kinds["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    serve = _compose()["services"]["serve"]
+    assert serve["command"].startswith("drywall serve") and serve["secrets"] == ["drywall-api-keys"]
+    assert serve["environment"]["DRYWALL_SERVE__API_KEYS_FILE"] == "/run/secrets/drywall-api-keys"

@@ -40,6 +40,7 @@ def test_stack_up_run_down(tmp_path: Path) -> None:
         "DRYWALL_WEBHOOK_PORT": free_port(),
         "DRYWALL_STACK_EVIDENTLY_PORT": free_port(),
         "DRYWALL_STACK_POSTGRES_PORT": free_port(),
+        "DRYWALL_SERVE__PORT": free_port(),
     }
     env = {**os.environ, "DRYWALL_HOME": str(home), **{k: str(v) for k, v in ports.items()}}
     # the scheduler's full pass once an hour: deleted runs stay deleted; a fresh deploy is still
@@ -69,6 +70,8 @@ def test_stack_up_run_down(tmp_path: Path) -> None:
             "DRYWALL_WEBHOOK_SECRET",
             "DRYWALL_EVIDENTLY_URL",
             "DRYWALL_EVIDENTLY_SECRET",
+            "DRYWALL_SERVE_URL",
+            "DRYWALL_API_KEY",
         }
         for secret_file in ("stack.env", "stack.json"):
             assert (stack_dir / secret_file).stat().st_mode & 0o777 == 0o600, secret_file
@@ -89,6 +92,13 @@ def test_stack_up_run_down(tmp_path: Path) -> None:
         assert httpx.post(f"{api}/deployments/filter", json={}, auth=(user, "wrong"), timeout=10).status_code == 401
         assert len(httpx.post(f"{api}/deployments/filter", json={}, auth=auth, timeout=10).json()) == 6
         assert httpx.get(f"{stack_env['DRYWALL_WEBHOOK_URL']}/healthz", timeout=10).json()["status"] == "ok"
+        serve = stack_env["DRYWALL_SERVE_URL"]
+        assert httpx.get(f"{serve}/healthz", timeout=10).json() == {"status": "alive"}
+        assert httpx.get(f"{serve}/v1/models", timeout=10).status_code == 401, "no key, no predictions"
+        models = httpx.get(f"{serve}/v1/models", headers={"Authorization": f"Bearer {stack_env['DRYWALL_API_KEY']}"})
+        assert models.status_code == 200 and models.json()["following"].startswith("champion of s3://"), models.text
+        assert httpx.get(f"{serve}/readyz", timeout=10).status_code == 503, "no champion yet: not ready"
+        assert stack_env["DRYWALL_API_KEY"] not in (stack_dir / "api-keys.txt").read_text(), "stored hashed"
         evidently = f"{stack_env['DRYWALL_EVIDENTLY_URL']}/api/projects"
         assert httpx.get(evidently, timeout=10).status_code == 401
         secret = {"evidently-secret": stack_env["DRYWALL_EVIDENTLY_SECRET"]}
@@ -115,7 +125,7 @@ def test_stack_up_run_down(tmp_path: Path) -> None:
                 seen.append((component, exposure.port))
                 extra = set(exposure.open) - allowed[component]
                 assert not extra, f"{component} port {exposure.port} ({exposure.process}) answers {sorted(extra)}"
-        assert {c for c, _ in seen} >= {"postgres", "prefect-server", "s3", "evidently", "webhook"}, seen
+        assert {c for c, _ in seen} >= {"postgres", "prefect-server", "s3", "evidently", "webhook", "serve"}, seen
         assert len([p for c, p in seen if c == "s3"]) >= 8, "SeaweedFS's internal ports were probed too"
 
         # a schedule whose upcoming runs are gone (as when the scheduler fails) is named, exit 1

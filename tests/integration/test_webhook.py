@@ -327,7 +327,7 @@ def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(sta
     api, sink, env = stack["api"], stack["sink"], stack["env"]
     names = httpx.post(f"{api}/automations/filter", json={}, auth=API_AUTH, timeout=30).json()
     alerts = [a["name"] for a in names if a["name"].startswith("drywall: ")]
-    assert sorted(alerts) == sorted(set(alerts)) and len(alerts) == 5, "setup twice updates, never duplicates"
+    assert sorted(alerts) == sorted(set(alerts)) and len(alerts) == 6, "setup twice updates, never duplicates"
     # the zombie-run automation is always there (its effect: the production-path test kills a host)
     assert "drywall: crash runs whose heartbeats stopped" in alerts
 
@@ -360,6 +360,16 @@ def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(sta
             {"version": "v13", "champion": "v9", "reasons": ["mIoU gain 0.001 < 0.005"]},
         ),
         _event("drywall.model.regressed", model, {"version": "v9", "regressions": ["crack: mIoU 0.610 -> 0.500"]}),
+        _event(  # as a prediction service emits it when a new champion fails its warm-up
+            "drywall.serve.refused",
+            {"prefect.resource.id": "drywall.serve.host-a", "drywall.model": "drywall-clipseg"},
+            {
+                "version": "v14",
+                "kind": "warmup",
+                "reason": "warm-up masks differ (mask IoU 0.41 < 0.98)",
+                "serving": "v9",
+            },
+        ),  # fmt: skip
     ]
     assert httpx.post(f"{api}/events", json=events, timeout=30).status_code == 401, "no auth, no events"
     assert httpx.post(f"{api}/events", json=events, auth=API_AUTH, timeout=30).status_code == 204
@@ -374,7 +384,13 @@ def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(sta
         return [m for m in sink.messages if text in m.get("text", "")]
 
     assert _wait_for(
-        lambda: about_run() and about_drift() and about("candidate v12 refused") and about("champion v9 regressed")
+        lambda: (
+            about_run()
+            and about_drift()
+            and about("candidate v12 refused")
+            and about("champion v9 regressed")
+            and about("refused model v14")
+        )
     ), f"missing notifications: {sink.messages}"
     time.sleep(5)  # a duplicate would arrive within this window
     (message,) = about_run()
@@ -387,3 +403,7 @@ def test_alerts_one_notification_per_failed_run_refusal_regression_and_drift(sta
     assert not about("v13"), "a refusal without a regression is not an alert"
     (regressed,) = about("champion v9 regressed")
     assert "crack: mIoU 0.610 -> 0.500" in regressed["text"]
+    (serve,) = about("refused model v14")
+    assert (
+        "drywall.serve.host-a" in serve["text"] and "keeps serving v9" in serve["text"] and "IoU 0.41" in serve["text"]
+    )

@@ -92,7 +92,13 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
         "predict": [
             ([photo, "--prompt", "segment crack", "--model", tiny, "--out", afile], 2, str(afile)),
             ([photo, "--prompt", long_prompt, "--model", tiny, "--out", tmp / "p"], 2, "tokens"),
-        ],
+            ([photo, "--prompt", "segment crack", "--out", tmp / "p2"], 2, "give --model"),
+            (
+                [photo, "--prompt", "segment crack", "--server", "http://127.0.0.1:9", "--out", tmp / "p3"],
+                1,
+                "prediction service http://127.0.0.1:9: ConnectError",
+            ),
+        ],  # fmt: skip
         "drift": [
             (["--reference", bad_profile, "--current", photo.parent, "--out", tmp / "d"], 2, str(bad_profile)),
             (["--reference", photo.parent, "--current", photo.parent, "--out", afile], 2, str(afile)),
@@ -107,6 +113,9 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
         ],
         "alerts setup": [(["--url", "ftp://example.com/hook"], 2, "http(s)")],
         "webhook serve": [([], 2, "DRYWALL_WEBHOOK_SECRET")],
+        "serve": [([], 2, "no API keys: set DRYWALL_SERVE__API_KEYS_FILE")],  # its HTTP faults: test_serve.py
+        "api-key new": [(["--file", afile / "keys.txt"], 2, str(afile)), ([], 2, "no key file")],
+        "api-key hash": [],
         "stack up": [],  # starts servers: covered by the stack integration test
         "stack down": [],
         "stack status": [],

@@ -114,15 +114,28 @@ def test_judge_and_publish_refuses_emits_and_keeps_the_champion(
     artifact_dir: Path, synthetic_samples, tmp_path: Path
 ) -> None:
     """A refusal publishes the version, keeps the champion, audits, emits ``drywall.gate.refused``;
-    a promotion moves the champion and emits nothing."""
+    a promotion moves the champion and emits ``drywall.model.promoted`` (prediction services load it
+    at once). Each version carries its warm-up set: held-out photos and its own masks on them."""
+    from drywall_core.release.warmup import WARMUP_FILE, check_warmup
+    from drywall_core.stages.registry import PROMOTED_EVENT
     from drywall_core.stages.release import REFUSED_EVENT, judge_and_publish
 
     samples, specs = synthetic_samples
     val = [s for s in samples if s.side == "val"]
     ctx = _context(tmp_path, gate={"min_miou": 0, "min_dice": 0, "shadow_images": 0})
     first = judge_and_publish(ctx, artifact_dir, val, specs, tmp_path / "a")
-    assert first.promoted and first.champion_before is None and ctx.events.sent == []
+    assert first.promoted and first.champion_before is None
+    (promoted,) = ctx.events.sent
+    assert promoted.event == PROMOTED_EVENT and promoted.payload == {"version": first.version, "previous": None,
+                                                                     "action": "promote"}  # fmt: skip
     assert ctx.models.champion_version() == first.version
+    files = ctx.models.show(first.version)["files"]
+    photos = sorted(f for f in files if f.startswith("warmup-"))
+    assert WARMUP_FILE in files and len(photos) == 4, files  # DRYWALL_SERVE__WARMUP_IMAGES
+    copy = ctx.models.download(first.version, tmp_path / "copy")
+    check = check_warmup(ctx.inference_model(copy), copy, 0.98)
+    assert check.passed and check.cases == 4 * len(ctx.prompts), check
+    ctx.events.sent.clear()
     again = judge_and_publish(ctx, artifact_dir, val, specs, tmp_path / "b", extra={"reason": "again"})
     assert not again.promoted and again.champion_before == first.version
     assert ctx.models.champion_version() == first.version, "a refusal never moves the champion"

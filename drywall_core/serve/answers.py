@@ -1,0 +1,109 @@
+"""A photo as uploaded, read or refused with a named 4xx; a probability map as the answer.
+
+Photos go through the project's one image reader (:mod:`drywall_core.data.images`): EXIF
+orientation applied, 16-bit and CMYK converted, the pixel limit (``DRYWALL_MAX_IMAGE_PIXELS``)
+checked before decoding. What cannot be answered is refused by status: 400 empty or corrupt, 413
+too many pixels, 415 not an image or not one still photo.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from drywall_core.data.images import ImageTooLarge, decode_rgb
+from drywall_core.data.masks import encode_rle
+from drywall_core.field.predictions import UNCERTAIN_BAND
+
+MaskFormat = Literal["rle", "png", "polygons"]
+MASK_FORMATS = ("rle", "png", "polygons")
+
+
+class Refused(Exception):
+    """A request the service will not answer: an HTTP status and one line naming the fault."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def read_photo(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
+    """The uploaded photo as displayed (8-bit RGB) and the sha256 of its bytes."""
+    label = f"image '{name[:80]}'" if name else "image"
+    if not data:
+        raise Refused(400, f"{label}: empty file (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                frames = int(getattr(im, "n_frames", 1) or 1)
+                if frames > 1:
+                    raise Refused(415, f"{label}: animated or multi-page image ({frames} frames); send one still photo")
+                return decode_rgb(im, max_pixels), digest
+    except Refused:
+        raise
+    except UnidentifiedImageError:
+        raise Refused(415, f"{label}: not an image this service reads (JPEG, PNG, WebP, TIFF, BMP)") from None
+    except (ImageTooLarge, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise Refused(413, f"{label}: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated files, broken headers
+        raise Refused(400, f"{label}: corrupt or truncated ({exc})") from None
+
+
+def png_bytes(mask: np.ndarray) -> bytes:
+    """A binary mask as a {0, 255} PNG."""
+    buf = io.BytesIO()
+    Image.fromarray((mask.astype(np.uint8) * 255), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def polygons(mask: np.ndarray) -> list[list[float]]:
+    """Outlines of the mask's regions, each ``[x0, y0, x1, y1, ...]`` in pixels (COCO polygon order)."""
+    import contourpy
+
+    padded = np.pad(mask.astype(np.float64), 1)
+    lines = contourpy.contour_generator(z=padded, line_type="Separate").lines(0.5)
+    # padded by one pixel; a pixel (i, j) spans [j, j + 1] x [i, i + 1] as in COCO polygons
+    return [[round(float(v) - 0.5, 2) for pt in line for v in pt] for line in lines if len(line) >= 3]
+
+
+def answer_stats(prob: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """:func:`~drywall_core.field.predictions.mask_stats` without the entropy the answer does not
+    carry, in float32: a third of the time on a 640 x 640 photo."""
+    lo, hi = UNCERTAIN_BAND
+    p = prob.astype(np.float32, copy=False)
+    return {
+        "fg_fraction": float(mask.mean()),
+        "mean_confidence": float(np.where(mask, p, 1.0 - p).mean()),
+        "uncertain_share": float(((p >= lo) & (p <= hi)).mean()),
+    }
+
+
+def result(prompt: str, prob: np.ndarray, threshold: float, fmt: MaskFormat = "rle") -> dict[str, Any]:
+    """One prompt's entry of the answer (the contract in ARCHITECTURE.md)."""
+    mask = prob >= threshold
+    stats = answer_stats(prob, mask)
+    if fmt == "png":
+        encoded: dict[str, Any] = {
+            "size": [int(mask.shape[0]), int(mask.shape[1])],
+            "png_base64": base64.b64encode(png_bytes(mask)).decode(),
+        }
+    elif fmt == "polygons":
+        encoded = {"size": [int(mask.shape[0]), int(mask.shape[1])], "polygons": polygons(mask)}
+    else:
+        encoded = encode_rle(mask)
+    return {
+        "prompt": prompt,
+        "mask": encoded,
+        "foreground_fraction": round(stats["fg_fraction"], 6),
+        "mean_confidence": round(stats["mean_confidence"], 6),
+        "uncertain_share": round(stats["uncertain_share"], 6),
+        "threshold": threshold,
+    }
