@@ -101,6 +101,14 @@ class ServeConfig(BaseModel):
     warmup_images: int = Field(4, ge=0, description="Validation photos recorded with a version at publish time.")
     warmup_min_iou: float = Field(0.98, ge=0, le=1, description="Warm-up masks must match the recorded ones this well.")
     gallery_size: int = Field(24, ge=0, description="Recent field predictions the page shows.")
+    capture: bool = Field(False, description="Store each photo sent (once, by sha256) under the field-images prefix.")
+    capture_per_day: int = Field(1000, ge=0, description="Photos a replica captures per UTC day at most.")
+    capture_days: int = Field(30, ge=1, description="Captured days kept; older ones are removed.")
+    shadow_share: float = Field(0.0, ge=0, le=1, description="Share of requests also run on a challenger (0 = off).")
+    shadow_version: str | None = Field(
+        None, description="The challenger; unset: the newest version after the champion."
+    )
+    shadow_flush: int = Field(50, ge=1, description="Shadow comparisons per Evidently run.")
 
 
 class Settings(BaseSettings):

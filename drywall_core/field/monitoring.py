@@ -24,7 +24,7 @@ from drywall_core.base.config import get_settings
 from drywall_core.field.drift import MAIN_FEATURES
 
 SIGNALS = ("fg_fraction", "mean_confidence", "uncertain_share")
-TAG_DRIFT, TAG_FIELD, TAG_EVAL = "drift", "field-predictions", "evaluation"
+TAG_DRIFT, TAG_FIELD, TAG_EVAL, TAG_SHADOW = "drift", "field-predictions", "evaluation", "live-shadow"
 
 
 def slug(prompt: str) -> str:
@@ -81,6 +81,11 @@ def _panels(prompts: Sequence[str]) -> list[Any]:
     panels += [
         line_plot_panel("Champion mIoU per prompt", [mean(f"iou__{slug(p)}", p, TAG_EVAL) for p in prompts], "half"),
         line_plot_panel("Champion Dice per prompt", [mean(f"dice__{slug(p)}", p, TAG_EVAL) for p in prompts], "half"),
+        line_plot_panel(
+            "Live traffic: challenger agreement with the champion (mask IoU) per prompt",
+            [mean(f"agreement__{slug(p)}", p, TAG_SHADOW) for p in prompts],
+            "half",
+        ),
     ]
     return panels
 
@@ -151,3 +156,10 @@ def record_evaluation(where: str, model: str, prompts: Sequence[str], metrics: d
         columns.setdefault(f"dice__{p}", []).append(row["dice"])
     frame = pd.DataFrame({k: pd.Series(v, dtype=float) for k, v in columns.items()})
     return _add(where, model, prompts, _mean_report(frame, [TAG_EVAL], meta))
+
+
+def record_shadow(where: str, model: str, prompts: Sequence[str], agreement: pd.DataFrame, meta: dict) -> str:
+    """Live shadow traffic (the prediction service): per prompt, the mean mask IoU between the
+    champion's answers and a challenger's on the same requests (one column per prompt)."""
+    frame = agreement.rename(columns={p: f"agreement__{slug(p)}" for p in agreement.columns})
+    return _add(where, model, prompts, _mean_report(frame, [TAG_SHADOW], meta))

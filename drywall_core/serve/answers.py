@@ -33,8 +33,8 @@ class Refused(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-def read_photo(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
-    """The uploaded photo as displayed (8-bit RGB) and the sha256 of its bytes."""
+def read_photo(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str, str | None]:
+    """The uploaded photo as displayed (8-bit RGB), the sha256 of its bytes and its decoded format."""
     label = f"image '{name[:80]}'" if name else "image"
     if not data:
         raise Refused(400, f"{label}: empty file (0 bytes)")
@@ -46,7 +46,7 @@ def read_photo(data: bytes, name: str, max_pixels: int) -> tuple[Image.Image, st
                 frames = int(getattr(im, "n_frames", 1) or 1)
                 if frames > 1:
                     raise Refused(415, f"{label}: animated or multi-page image ({frames} frames); send one still photo")
-                return decode_rgb(im, max_pixels), digest
+                return decode_rgb(im, max_pixels), digest, im.format
     except Refused:
         raise
     except UnidentifiedImageError:

@@ -31,6 +31,7 @@ from drywall_core.serve.answers import MASK_FORMATS, MaskFormat, Refused, png_by
 from drywall_core.serve.batching import Answered, Batcher, NotReady
 from drywall_core.serve.follow import Follower, Refusal, Serving
 from drywall_core.serve.keys import KeyRing, RateLimiter
+from drywall_core.serve.live import Capture, Shadow
 from drywall_core.serve.metrics import ServeMetrics
 from drywall_core.stages.context import Context
 
@@ -81,12 +82,22 @@ class RefusedVersion(BaseModel):
     at: str
 
 
+class ShadowInfo(BaseModel):
+    challenger: str | None
+    share: float
+    requests: int
+    dropped: int
+    agreement: dict[str, float]  # prompt -> mean mask IoU with the champion's answers
+
+
 class ModelsAnswer(BaseModel):
     serving: ServingInfo | None
     refused: list[RefusedVersion]
     following: str
     state: str
     prompts: list[str]
+    shadow: ShadowInfo | None = None
+    captured: int | None = None  # photos stored since start (DRYWALL_SERVE__CAPTURE), else null
 
 
 class ErrorAnswer(BaseModel):
@@ -123,6 +134,8 @@ class Service:
     limiter: RateLimiter = field(init=False)
     stop: threading.Event = field(default_factory=threading.Event)
     listeners: list[Callable[[Follower, threading.Event], None]] = field(default_factory=list)
+    capture: Capture | None = field(init=False, default=None)
+    shadow: Shadow | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         m = self.metrics
@@ -141,6 +154,13 @@ class Service:
             on_batch=m.batch.observe,
             on_depth=m.queue.set,
         )
+        if self.cfg.capture:
+            self.capture = Capture(self.ctx, self.cfg, on_stored=m.captured.inc)
+        if self.cfg.shadow_share > 0:
+            self.shadow = Shadow(
+                self.ctx, self.cfg, lambda: self.follower.challenger,
+                on_row=lambda prompt, score: m.shadow.labels(prompt).observe(score),
+            )  # fmt: skip
 
     def start(self) -> None:
         follow = threading.Thread(target=self.follower.follow, args=(self.stop,), name="drywall-follow", daemon=True)
@@ -152,10 +172,39 @@ class Service:
         self.stop.set()
         self.follower.nudge()
         self.batcher.close()
+        for part in (self.capture, self.shadow):
+            if part is not None:
+                part.close()
+
+    def after_answer(
+        self, data: bytes, digest: str, fmt: str | None, photo: Any, answered: Answered, results: list[dict[str, Any]]
+    ) -> None:
+        """Capture and shadow, off the answer's path: each only queues (never blocks, never raises)."""
+        if self.capture is not None:
+            summary = {
+                "model_version": answered.serving.version,
+                "width": photo.size[0],
+                "height": photo.size[1],
+                "results": [{k: v for k, v in r.items() if k != "mask"} for r in results],
+            }
+            self.capture.offer(data, digest, fmt, summary)
+        known = set(self.ctx.prompts)  # the registry's prompts only: bounded metrics and memory
+        if self.shadow is not None and known & set(answered.maps):
+            loaded = answered.serving.loaded
+            masks = {p: m >= loaded.threshold_for(p) for p, m in answered.maps.items() if p in known}
+            self.shadow.offer(photo, masks, answered.serving.version)
 
     @property
     def following(self) -> str:
         return f"version {self.cfg.version} (pinned)" if self.cfg.version else f"champion of {self.follower.source}"
+
+
+def shadow_info(s: Service) -> ShadowInfo | None:
+    if s.shadow is None:
+        return None
+    st = s.shadow.stats
+    return ShadowInfo(challenger=st.version, share=s.cfg.shadow_share, requests=st.requests, dropped=st.dropped,
+                      agreement=st.agreement)  # fmt: skip
 
 
 def check_prompts(prompts: list[str], cfg: ServeConfig) -> list[str]:
@@ -325,6 +374,8 @@ def create_app(service: Service) -> FastAPI:
             following=s.following,
             state=s.follower.state,
             prompts=s.ctx.prompts,
+            shadow=shadow_info(s),
+            captured=s.capture.stored if s.capture else None,
         )
 
     @app.post(
@@ -351,7 +402,9 @@ def create_app(service: Service) -> FastAPI:
         if wants_png and len(prompts) != 1:
             raise Refused(422, f"Accept: image/png answers one prompt; {len(prompts)} given")
         data = await image.read()
-        photo, digest = await run_in_threadpool(read_photo, data, image.filename or "", s.ctx.settings.max_image_pixels)
+        photo, digest, fmt = await run_in_threadpool(
+            read_photo, data, image.filename or "", s.ctx.settings.max_image_pixels
+        )
         t1 = time.perf_counter()
         if s.follower.current is None:
             raise Refused(503, f"no model serves yet: {s.follower.state}", retry_after(cfg))
@@ -366,6 +419,7 @@ def create_app(service: Service) -> FastAPI:
         if wants_png:
             p = prompts[0]
             body = await run_in_threadpool(lambda: png_bytes(answered.maps[p] >= loaded.threshold_for(p)))
+            s.after_answer(data, digest, fmt, photo, answered, [])
             return Response(
                 body,
                 media_type="image/png",
@@ -375,6 +429,7 @@ def create_app(service: Service) -> FastAPI:
             lambda: [result(p, answered.maps[p], loaded.threshold_for(p), mask_format) for p in prompts]
         )
         t3 = time.perf_counter()
+        s.after_answer(data, digest, fmt, photo, answered, results)
         timings = {
             "read": (t1 - t0) * 1000,
             "queued": answered.queued_ms,

@@ -68,9 +68,11 @@ class Follower:
     on_refuse: Callable[[Refusal], None] | None = None
     on_error: Callable[[Exception], None] | None = None
     current: Serving | None = None
+    challenger: Serving | None = None  # the shadow's model (DRYWALL_SERVE__SHADOW_SHARE > 0)
     refused: dict[str, Refusal] = field(default_factory=dict)
     state: str = "starting"
     _etag: str | None = None
+    _published: dict[str, str] = field(default_factory=dict)  # version -> published_at (versions never change)
     _wake: threading.Event = field(default_factory=threading.Event)
     _busy: threading.Lock = field(default_factory=threading.Lock)
 
@@ -108,7 +110,51 @@ class Follower:
                 return self.current
             if version and (self.current is None or version != self.current.version) and version not in self.refused:
                 self._load(version)
+            if self.cfg.shadow_share > 0 and self.current is not None:
+                self._follow_challenger()
             return self.current
+
+    def challenger_version(self) -> str | None:
+        """The pinned challenger, else the newest version published after the champion (not refused)."""
+        if self.cfg.shadow_version:
+            return self.cfg.shadow_version
+        assert self.current is not None
+        reg = self.ctx.models
+
+        def published(version: str) -> str:
+            if version not in self._published:
+                self._published[version] = str(reg.show(version).get("published_at", ""))
+            return self._published[version]
+
+        champion_at = published(self.current.version)
+        for version in reversed(reg.versions()):
+            if version == self.current.version:
+                return None
+            if version not in self.refused and published(version) >= champion_at:
+                return version
+        return None
+
+    def _follow_challenger(self) -> None:
+        """Load the challenger beside the champion (checksummed; no warm-up gate: it answers nobody)."""
+        from drywall_core.model.runtime import load_for_inference, text_embeddings_cached
+
+        try:
+            version = self.challenger_version()
+            if version is None or version == self.current.version:
+                self.challenger = None
+                return
+            if self.challenger is not None and self.challenger.version == version:
+                return
+            folder = self.ctx.settings.home / "serve" / self.ctx.models.name / "shadow"
+            shutil.rmtree(folder, ignore_errors=True)
+            self.ctx.models.download(version, folder)
+            loaded = load_for_inference(folder, self.ctx.settings.inference_precision)
+            text_embeddings_cached(loaded, self.ctx.prompts)
+            where = self.ctx.models.where(self.ctx.models.version_key(version))
+            self.challenger = Serving(version, loaded, stamp(), where, "shadow challenger (answers nobody)")
+            log.info("shadow challenger %s loaded beside champion %s", version, self.current.version)
+        except Exception as exc:  # noqa: BLE001 - no shadow is no harm: serving goes on, the next poll retries
+            log.warning("shadow challenger not loaded: %s: %s", type(exc).__name__, exc)
 
     def _load(self, version: str) -> None:
         log.info("loading model version %s beside %s", version, self.current.version if self.current else "nothing")

@@ -19,7 +19,6 @@ Both run on their own threads: the answer never waits for a store write or a sec
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import queue
@@ -62,6 +61,7 @@ class Capture:
         self._queue: queue.Queue[Captured | None] = queue.Queue(maxsize=256)
         self._seen: set[str] = set()
         self._day, self._today = "", 0
+        self.stored = 0
         self._thread = threading.Thread(target=self._run, name="drywall-capture", daemon=True)
         self._thread.start()
 
@@ -101,6 +101,7 @@ class Capture:
         self._put(f"{name}{item.fmt}", item.data)
         self._put(f"{name}.json", meta.encode())
         self._today += 1
+        self.stored += 1
         if self.on_stored:
             self.on_stored()
 
@@ -221,12 +222,3 @@ class Shadow:
         except Exception as exc:  # noqa: BLE001 - monitoring must not undo serving
             log.warning("shadow agreement not added to Evidently at %s: %s: %s", s.monitoring_target,
                         type(exc).__name__, exc)  # fmt: skip
-
-
-def photo_format(data: bytes) -> str | None:
-    """The decoded format of the uploaded bytes (what the capture names the file after)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.format
-    except Exception:  # noqa: BLE001 - a photo that decoded once decodes again; anything else: no capture
-        return None

@@ -49,6 +49,15 @@ class ServeMetrics:
             "drywall_serve_follow_errors", "Failed reads of the alias or a version.", registry=r
         )
 
+        self.captured = Counter("drywall_serve_captured", "Photos stored under the field-images prefix.", registry=r)
+        self.shadow = Histogram(
+            "drywall_serve_shadow_agreement",
+            "Challenger vs champion mask IoU per prompt.",
+            ["prompt"],
+            buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 1.0),
+            registry=r,
+        )
+
     def serving(self, version: str, before: str | None) -> None:
         if before:
             self.model.labels(before).set(0)

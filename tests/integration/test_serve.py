@@ -5,6 +5,7 @@ batching, and ``drywall predict --server`` writing what local prediction writes.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -277,3 +278,50 @@ def test_predict_with_server_writes_what_local_prediction_writes(served, registr
          served.url], env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert nokey.returncode == 1 and "401 API key missing" in nokey.stderr
+
+
+def test_capture_and_shadow_close_the_loop_from_live_traffic(tmp_path, tiny_model_dir, synthetic_exports) -> None:
+    """Capture stores each photo sent once, named by its content, where the field stages look;
+    the shadow runs sampled requests on the newest version after the answer and records agreement."""
+    from drywall_core.field.drift import IMAGE_EXTENSIONS
+    from drywall_core.field.monitoring import TAG_SHADOW, open_workspace
+    from drywall_core.field.predictions import field_images
+
+    settings = Settings(home=tmp_path / "home")
+    ctx = Context(settings, QuietReporter(), MemoryEvents())
+    photos = _photos(synthetic_exports, 3)
+    everywhere = decoder_artifact(tiny_model_dir, tmp_path / "v1", bias=8.0)  # every pixel foreground
+    nowhere = decoder_artifact(tiny_model_dir, tmp_path / "v2", bias=-8.0)  # none
+    ctx.models.promote(publish_version(ctx.models, everywhere, photos[:1], ctx.prompts, tmp_path, "v1"), None)
+    publish_version(ctx.models, nowhere, photos[:1], ctx.prompts, tmp_path, "v2")  # published after: the challenger
+    svc = _service(settings, None, capture=True, shadow_share=1.0, shadow_flush=2)
+    with ThreadServer(create_app(svc)) as srv:
+        wait_for(lambda: httpx.get(srv.url + "/readyz").status_code == 200, 60, "ready")
+        wait_for(lambda: httpx.get(srv.url + "/v1/models").json()["shadow"]["challenger"] is None
+                 and svc.follower.challenger is not None, 60, "the challenger")  # fmt: skip
+        sent = [*photos, photos[0]]  # the first photo twice
+        for p in sent:
+            r = _post(srv.url, p.read_bytes(), name="../../escape.jpg", prompts=["segment crack", "segment wall"])
+            assert r.status_code == 200 and r.json()["model_version"] == "v1"  # the challenger never answers
+        models = wait_for(lambda: (m := httpx.get(srv.url + "/v1/models").json())["shadow"]["requests"] == 4 and m,
+                          60, "four shadow comparisons")  # fmt: skip
+        metrics = httpx.get(srv.url + "/metrics").text
+    assert models["shadow"]["challenger"] == "v2" and models["captured"] == 3
+    assert models["shadow"]["agreement"] == {
+        "segment crack": 0.0
+    }  # all vs nothing; 'segment wall' is no registry prompt
+    assert 'drywall_serve_shadow_agreement_count{prompt="segment crack"} 4.0' in metrics
+    assert "drywall_serve_captured_total 3.0" in metrics
+    import hashlib
+
+    kept = sorted(p for p in (settings.field_images_dir / "served").rglob("*") if p.is_file())
+    shas = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in photos)
+    assert sorted(p.stem for p in kept if p.suffix == ".jpg") == shas, "once per photo, named by its sha256"
+    assert all(p.resolve().is_relative_to(settings.field_images_dir) for p in kept)
+    meta = json.loads(next(p for p in kept if p.suffix == ".json").read_text())
+    assert meta["model_version"] == "v1" and meta["results"][0]["prompt"] == "segment crack"
+    assert {im.sha256 for im in field_images(settings.field_images_dir, IMAGE_EXTENSIONS)} == set(shas)
+    ws = open_workspace(str(settings.evidently_root))
+    (project,) = [p for p in ws.list_projects() if p.name == settings.model_name]
+    runs = [ws.get_run(project.id, r) for r in ws.list_runs(project.id)]
+    assert len(runs) == 2 and all(TAG_SHADOW in r.tags for r in runs), "two runs of two comparisons"
