@@ -36,9 +36,11 @@ class Registry:
         for k, v in s3_server.env().items():
             monkeypatch.setenv(k, v)
         self.name = f"serve-{uuid.uuid4().hex[:8]}"
-        self.env = {**s3_server.env(), "DRYWALL_MODEL_NAME": self.name}
+        field = f"{self.name}-field/"  # the bucket is shared with other tests: field photos of its own
+        self.env = {**s3_server.env(), "DRYWALL_MODEL_NAME": self.name, "DRYWALL_FIELD_IMAGES_PREFIX": field}
         self.settings = Settings(home=root / "publisher", s3_bucket=s3_server.bucket,
-                                 s3_endpoint_url=s3_server.endpoint, model_name=self.name)  # fmt: skip
+                                 s3_endpoint_url=s3_server.endpoint, model_name=self.name,
+                                 field_images_prefix=field)  # fmt: skip
         self.ctx = Context(self.settings, QuietReporter(), MemoryEvents())
         reg, prompts = self.ctx.models, self.ctx.prompts
         a1, a2 = decoder_artifact(tiny, root / "a1"), decoder_artifact(tiny, root / "a2", bias=-8.0)
@@ -76,7 +78,7 @@ def _when(iso: str) -> float:
 
 def test_promotions_under_load_drop_no_request(registry: Registry, synthetic_exports) -> None:
     photo = sorted(synthetic_exports[0].rglob("*.jpg"))[0].read_bytes()
-    host = registry.host("host", DRYWALL_SERVE__POLL_S="0.5").start()
+    host = registry.host("host", DRYWALL_SERVE__POLL_S="0.5", DRYWALL_SERVE__CAPTURE="true").start()
     try:
         assert host.wait_ready()["version"] == "v1"
         answers: list[tuple[float, float, int, str | None]] = []
@@ -117,6 +119,16 @@ def test_promotions_under_load_drop_no_request(registry: Registry, synthetic_exp
     assert refused[0]["kind"] == "warmup" and "warm-up masks differ from the recorded ones" in refused[0]["reason"]
     log = host.log.read_text()
     assert "model version v3 refused (warmup)" in log and "still serving v2" in log
+    # captured on S3 under the field-images prefix: the one photo sent, once, named by its content
+    import hashlib
+
+    from drywall_core.base.storage import s3_client_from
+
+    s = registry.settings
+    listed = s3_client_from(s).list_objects_v2(Bucket=s.s3_bucket, Prefix=f"{s.field_images_prefix}served/")
+    names = sorted(o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", []))
+    digest = hashlib.sha256(photo).hexdigest()
+    assert names == [f"{digest}.jpg", f"{digest}.json"], names
     print(f"{len(answers)} answers at concurrency 8 while the alias moved twice; 0 failed")
 
 
