@@ -230,6 +230,9 @@ class Settings(BaseSettings):
     base_model: str = Field(default="CIDAS/clipseg-rd64-refined", description="Hub id or local folder.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     train_profile: str | None = Field(default=None, description="Named training recipe (TRAIN_PROFILES), if any.")
+    inference_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where prediction runs: the GPU when one is visible (auto), or cpu / cuda."
+    )
     inference_precision: Literal["fp32", "int8"] = Field(
         default="int8",
         description="Prediction and drift model signals on a CPU: int8 (quantized vision tower) or fp32.",

@@ -69,9 +69,26 @@ def for_inference(loaded: LoadedModel, precision: str = "int8") -> LoadedModel:
     return loaded
 
 
-def load_for_inference(ref: str | Path, precision: str = "int8") -> LoadedModel:
-    """A model folder, fine-tuned artifact or hub id, loaded and prepared by :func:`for_inference`."""
-    return for_inference(load_model(ref), precision)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def inference_device(choice: str = "auto") -> torch.device:
+    """Where prediction runs: ``auto`` is the GPU when one is visible, else the CPU."""
+    if choice not in DEVICES:
+        raise InputError(f"inference device must be one of {', '.join(DEVICES)}, not '{choice}'")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InputError("DRYWALL_INFERENCE_DEVICE=cuda, but no CUDA device is visible to this process")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def load_for_inference(ref: str | Path, precision: str = "int8", device: str = "auto") -> LoadedModel:
+    """A model folder, fine-tuned artifact or hub id, loaded onto its inference device (the GPU where
+    there is one) and prepared by :func:`for_inference` (int8 applies on a CPU only)."""
+    loaded = load_model(ref)
+    target = inference_device(device)
+    if target.type != "cpu":
+        loaded.model.to(target)
+    return for_inference(loaded, precision)
 
 
 def device_of(loaded: LoadedModel) -> torch.device:

@@ -148,7 +148,9 @@ class Follower:
             folder = self.ctx.settings.home / "serve" / self.ctx.models.name / "shadow"
             shutil.rmtree(folder, ignore_errors=True)
             self.ctx.models.download(version, folder)
-            loaded = load_for_inference(folder, self.ctx.settings.inference_precision)
+            loaded = load_for_inference(
+                folder, self.ctx.settings.inference_precision, self.ctx.settings.inference_device
+            )
             text_embeddings_cached(loaded, self.ctx.prompts)
             where = self.ctx.models.where(self.ctx.models.version_key(version))
             self.challenger = Serving(version, loaded, stamp(), where, "shadow challenger (answers nobody)")
@@ -197,7 +199,7 @@ class Follower:
         from drywall_core.model.runtime import load_for_inference, text_embeddings_cached
         from drywall_core.release.warmup import check_warmup
 
-        loaded = load_for_inference(path, self.ctx.settings.inference_precision)
+        loaded = load_for_inference(path, self.ctx.settings.inference_precision, self.ctx.settings.inference_device)
         text_embeddings_cached(loaded, self.ctx.prompts)  # once per model, not per request
         check = check_warmup(loaded, path, self.cfg.warmup_min_iou)
         if not check.passed:

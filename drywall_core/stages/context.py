@@ -245,7 +245,8 @@ class Context:
         """A model reference loaded for prediction at the configured precision (``DRYWALL_INFERENCE_PRECISION``)."""
         from drywall_core.model.runtime import load_for_inference
 
-        return load_for_inference(self.model_path(ref), precision or self.settings.inference_precision)
+        s = self.settings
+        return load_for_inference(self.model_path(ref), precision or s.inference_precision, s.inference_device)
 
     def roboflow_client(self, workspace: str, project: str) -> Any:
         from drywall_core.base.errors import InputError

@@ -125,12 +125,15 @@ def test_each_bad_request_gets_its_status_and_a_named_fault(served, registry_hom
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
     tiff = io.BytesIO()
     frames[0].save(tiff, format="TIFF", save_all=True, append_images=frames[1:])
+    bomb = io.BytesIO()  # 81 megapixels of nothing: 80 KB on the wire, 243 MB once decoded as RGB
+    Image.new("1", (9000, 9000)).save(bomb, format="PNG", optimize=True)
     cases = [
         (_post(served.url, b"", "empty.jpg"), 400, "image 'empty.jpg': empty file"),
         (_post(served.url, photo[: len(photo) // 3], "cut.jpg"), 400, "corrupt or truncated"),
         (_post(served.url, b"not a photo at all", "notes.txt"), 415, "not an image"),
         (_post(served.url, gif.getvalue(), "anim.gif"), 415, "animated or multi-page image (2 frames)"),
         (_post(served.url, tiff.getvalue(), "pages.tif"), 415, "animated or multi-page image (2 frames)"),
+        (_post(served.url, bomb.getvalue(), "bomb.png"), 413, "9000x9000 over the 64000000-pixel limit"),
         (_post(served.url, photo, prompts=[f"segment thing {i}" for i in range(9)]), 422, "9 given, at most 8"),
         (_post(served.url, photo, prompts=["segment " + "x" * 300]), 422, "at most 200"),
         (_post(served.url, photo, prompts=["   "]), 422, "prompt: empty"),

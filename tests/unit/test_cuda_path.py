@@ -47,3 +47,17 @@ def test_inference_on_cuda_matches_the_cpu(tiny_model_dir, synthetic_exports) ->
         probabilities_for(cpu, imgs, "segment crack"), probabilities_for(gpu, imgs, "segment crack"), strict=True
     ):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-3
+
+
+def test_prediction_loads_onto_the_gpu_by_default(tiny_model_dir, synthetic_exports) -> None:
+    """What every stage and the prediction service load (``load_for_inference``, device ``auto``) runs on
+    the GPU where there is one, in fp32 (int8 is a CPU kernel), and answers like the CPU."""
+    from drywall_core.model.runtime import device_of, load_for_inference, probabilities_for
+
+    gpu = load_for_inference(tiny_model_dir, "int8")
+    cpu = load_for_inference(tiny_model_dir, "fp32", device="cpu")
+    assert device_of(gpu).type == "cuda" and gpu.precision == "fp32" and device_of(cpu).type == "cpu"
+    imgs = [Image.open(p).convert("RGB") for p in sorted((synthetic_exports[0] / "train").glob("*.jpg"))[:4]]
+    for a, b in zip(probabilities_for(cpu, imgs, "segment crack"), probabilities_for(gpu, imgs, "segment crack"),
+                    strict=True):  # fmt: skip
+        assert np.abs(a - b).max() < 1e-3

@@ -94,3 +94,17 @@ def test_check_prompts_names_each_limit() -> None:
         with pytest.raises(Refused, match=message) as err:
             check_prompts(prompts, cfg)
         assert err.value.status == 422
+
+
+def test_inference_device_is_the_cpu_here_and_a_missing_gpu_is_named() -> None:
+    import torch
+
+    from drywall_core.model.runtime import inference_device
+
+    assert inference_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert inference_device("auto").type == "cpu"
+        with pytest.raises(InputError, match="no CUDA device is visible"):
+            inference_device("cuda")
+    with pytest.raises(InputError, match="one of auto, cpu, cuda"):
+        inference_device("tpu")
