@@ -150,6 +150,14 @@ def package_candidate(
     }
 
 
+def canonical_order(samples: Sequence[Sample]) -> list[Sample]:
+    """Samples sorted by what they are, not where they lie (a snapshot names its files by sha256)."""
+    from dataclasses import replace
+
+    hashed = [x if x.sha256 else replace(x, sha256=sha256_file(x.image)) for x in samples]
+    return sorted(hashed, key=lambda x: (x.dataset, x.side, x.sha256, x.source))
+
+
 def fit_candidate(
     loaded: LoadedModel,
     samples: Sequence[Sample],
@@ -163,7 +171,12 @@ def fit_candidate(
     on_cache: Callable[[int, int], None] | None = None,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Fit, evaluate and write the candidate artifact: the one composition both training routes
-    (``drywall train`` and the train flow) run. Returns the training result and the paths/metrics."""
+    (``drywall train`` and the train flow) run. Returns the training result and the paths/metrics.
+
+    The samples are put in one order of their content first (dataset, side, image sha256): the
+    seeded shuffle then draws the same batches whether the images came from an export folder or a
+    snapshot, so both routes train the same candidate from the same data."""
+    samples = canonical_order(samples)
     result = train(loaded, samples, specs, cfg, out_dir, cache_root, resume, progress, on_epoch_end, on_cache)
     return result, package_candidate(loaded, samples, specs, result, out_dir, progress=progress)
 
