@@ -182,3 +182,45 @@ def test_the_promotion_event_swaps_at_once_and_a_refusal_is_an_event(registry: R
     assert sent and sent[0]["payload"]["kind"] == "warmup" and sent[0]["payload"]["serving"] == "v2"
     assert re.search(r"promotion event: .*'version': 'v2'", host.log.read_text())
     print(f"swap {lag:.2f} s after `drywall registry promote` (poll interval 600 s)")
+
+
+def test_the_gallery_serves_field_predictions_from_the_bucket(registry: Registry, synthetic_exports) -> None:
+    """The page's gallery on S3: photos by the key their summary row names, masks from the version's
+    predictions; a photo no row names is not served, whatever is asked."""
+    import hashlib
+
+    from drywall_core.base.storage import s3_client_from
+    from drywall_core.field.predictions import FieldImage, predict_field, publish_predictions
+    from drywall_core.model.runtime import load_for_inference
+
+    s = registry.settings
+    client = s3_client_from(s)
+    photos = sorted(synthetic_exports[0].rglob("*.jpg"))[:2]
+    images = []
+    for p in photos:
+        key = f"{s.field_images_prefix}sites/north/{p.name}"
+        client.upload_file(str(p), s.s3_bucket, key)
+        images.append(FieldImage(p, key))
+    v1 = registry.ctx.models.download("v1", registry.root / "v1-copy")
+    run = predict_field(
+        load_for_inference(v1), images, ["segment crack"], registry.root / "field", "v1", progress=False
+    )
+    publish_predictions(registry.ctx.store, "v1", run)
+    host = registry.host("gallery").start()
+    try:
+        host.wait_ready()
+        items = httpx.get(host.url + "/v1/gallery", headers=AUTH, timeout=10).json()["items"]
+        assert sorted(i["image"] for i in items) == sorted(im.name for im in images)
+        item = items[0]
+        photo = httpx.get(host.url + "/v1/gallery/photo", params={"sha256": item["sha256"]}, headers=AUTH, timeout=10)
+        assert photo.status_code == 200 and hashlib.sha256(photo.content).hexdigest() == item["sha256"]
+        mask = httpx.get(host.url + "/v1/gallery/mask", params={"sha256": item["sha256"], "prompt": "segment crack"},
+                         headers=AUTH, timeout=10)  # fmt: skip
+        assert mask.status_code == 200 and mask.headers["content-type"] == "image/png"
+        unknown = httpx.get(host.url + "/v1/gallery/photo", params={"sha256": "0" * 64}, headers=AUTH, timeout=10)
+        assert unknown.status_code == 404 and "no field prediction" in unknown.json()["error"]
+        bad = httpx.get(host.url + "/v1/gallery/photo", params={"sha256": "../../etc/passwd"}, headers=AUTH)
+        assert bad.status_code == 422
+        assert httpx.get(host.url + "/v1/gallery", timeout=10).status_code == 401
+    finally:
+        host.stop()
