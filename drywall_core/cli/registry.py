@@ -86,11 +86,11 @@ def registry_promote(
     ] = False,
 ) -> None:
     """Make VERSION the champion (verified, compare-and-swap), bypassing the gate; audited."""
-    alias = ops.promote(_context(), version, reason, force)
+    moved = ops.promote(_context(), version, reason, force)
     if force:
-        typer.echo(f"champion: {version} (forced; was {alias['previous'] or 'unreadable or none'})")
-    elif alias.get("unchanged"):
-        typer.echo(f"{version} is already the champion; nothing changed (rollback target stays {alias['previous']})")
+        typer.echo(f"champion: {version} (forced; was {moved.previous or 'unreadable or none'})")
+    elif moved.unchanged:
+        typer.echo(f"{version} is already the champion; nothing changed (rollback target stays {moved.previous})")
     else:
         typer.echo(f"champion: {version}")
 
@@ -158,11 +158,11 @@ def registry_rollback(
     to: Annotated[str | None, typer.Option(help="Version to restore (default: the previous champion).")] = None,
 ) -> None:
     """Point the champion back at the previous (or a given) version; audited."""
-    alias = ops.rollback(_context(), to)
-    if alias.get("unchanged"):
-        typer.echo(f"{alias['version']} is already the champion; nothing changed")
+    moved = ops.rollback(_context(), to)
+    if moved.unchanged:
+        typer.echo(f"{moved.version} is already the champion; nothing changed")
         return
-    typer.echo(f"champion: {alias['version']} (was {alias['previous']})")
+    typer.echo(f"champion: {moved.version} (was {moved.previous})")
 
 
 @registry_app.command("audit")

@@ -111,32 +111,41 @@ def pull(ctx: Context, version: str, out: Path) -> str:
 PROMOTED_EVENT = "drywall.model.promoted"
 
 
-def announce(ctx: Context, alias: dict[str, Any], action: str) -> str | None:
+@dataclass(frozen=True)
+class AliasMove:
+    """What a promotion or rollback did to the champion alias."""
+
+    version: str
+    previous: str | None
+    action: str  # manual-promote, forced-promote, rollback
+    unchanged: bool = False  # the version was the champion already: nothing moved
+    event_id: str | None = None  # drywall.model.promoted, when it moved and an API took it
+
+
+def announce(ctx: Context, alias: dict[str, Any], action: str) -> AliasMove:
     """``drywall.model.promoted`` after the champion alias moved: prediction services load the new
     champion at once instead of at their next poll. Nothing moved (``unchanged``): no event."""
-    if alias.get("unchanged"):
-        return None
-    return ctx.events.emit(
-        PROMOTED_EVENT,
-        {"prefect.resource.id": f"drywall.model.{ctx.models.name}"},
-        {"version": alias["version"], "previous": alias.get("previous"), "action": action},
-    )
+    unchanged = bool(alias.get("unchanged"))
+    event_id = None
+    if not unchanged:
+        event_id = ctx.events.emit(
+            PROMOTED_EVENT,
+            {"prefect.resource.id": f"drywall.model.{ctx.models.name}"},
+            {"version": alias["version"], "previous": alias.get("previous"), "action": action},
+        )
+    return AliasMove(alias["version"], alias.get("previous"), action, unchanged, event_id)
 
 
-def promote(ctx: Context, version: str, reason: str, force: bool = False) -> dict[str, Any]:
+def promote(ctx: Context, version: str, reason: str, force: bool = False) -> AliasMove:
     """Make ``version`` the champion by hand (compare-and-swap, audited); ``force`` repairs a corrupt alias."""
     reg = ctx.models
     if force:
-        alias = {**reg.force_promote(version, reason=reason), "forced": True}
-    else:
-        current = reg.champion()
-        alias = reg.promote(version, current[1] if current else None, reason=reason, action="manual-promote")
-    announce(ctx, alias, "forced-promote" if force else "manual-promote")
-    return alias
+        return announce(ctx, reg.force_promote(version, reason=reason), "forced-promote")
+    current = reg.champion()
+    alias = reg.promote(version, current[1] if current else None, reason=reason, action="manual-promote")
+    return announce(ctx, alias, "manual-promote")
 
 
-def rollback(ctx: Context, to: str | None = None) -> dict[str, Any]:
+def rollback(ctx: Context, to: str | None = None) -> AliasMove:
     """Point the champion back (default: the one before it), audited and announced."""
-    alias = ctx.models.rollback(to)
-    announce(ctx, alias, "rollback")
-    return alias
+    return announce(ctx, ctx.models.rollback(to), "rollback")

@@ -182,3 +182,23 @@ def test_an_unreachable_event_api_is_a_warning_not_a_failure(caplog) -> None:
         )
     assert sent is None
     assert "event drywall.gate.refused not sent" in caplog.text and "ConnectError" in caplog.text
+
+
+def test_promote_and_rollback_announce_each_move_and_only_a_move(artifact_dir: Path, tmp_path: Path) -> None:
+    """A hand promotion or a rollback returns what moved and emits ``drywall.model.promoted`` (the
+    prediction services' wake-up); promoting the champion again moves nothing and emits nothing."""
+    from drywall_core.stages import registry as ops
+
+    ctx = _context(tmp_path)
+    for v in ("va", "vb"):
+        ctx.models.publish(artifact_dir, version=v)
+    first = ops.promote(ctx, "va", "first")
+    second = ops.promote(ctx, "vb", "second")
+    same = ops.promote(ctx, "vb", "again")
+    back = ops.rollback(ctx)
+    assert (first.previous, second.previous, back.version, back.previous) == (None, "va", "va", "vb")
+    assert same.unchanged and same.event_id is None and not second.unchanged
+    sent = [(e.event, e.payload["version"], e.payload["action"]) for e in ctx.events.sent]
+    assert sent == [(ops.PROMOTED_EVENT, "va", "manual-promote"), (ops.PROMOTED_EVENT, "vb", "manual-promote"),
+                    (ops.PROMOTED_EVENT, "va", "rollback")]  # fmt: skip
+    assert [m.event_id for m in (first, second, back)] == [e.id for e in ctx.events.sent]
