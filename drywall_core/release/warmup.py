@@ -51,13 +51,14 @@ def record_warmup(loaded: LoadedModel, photos: Sequence[Path], prompts: Sequence
         name = f"{PHOTO_PREFIX}{i}{Path(src).suffix.lower() or '.png'}"
         (out / name).write_bytes(Path(src).read_bytes())
         files.append(out / name)
+        digest = sha256_file(out / name)
         for prompt, prob in per_prompt.items():
             threshold = loaded.threshold_for(prompt)
             mask = (prob >= threshold).astype(np.uint8)
             cases.append(
                 {
                     "photo": name,
-                    "sha256": sha256_file(out / name),
+                    "sha256": digest,
                     "prompt": prompt,
                     "threshold": threshold,
                     "mask": encode_rle(mask),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -155,7 +156,7 @@ class Service:
             on_depth=m.queue.set,
         )
         if self.cfg.capture:
-            self.capture = Capture(self.ctx, self.cfg, on_stored=m.captured.inc)
+            self.capture = Capture(self.ctx, self.cfg, lambda: self.field_bucket, on_stored=m.captured.inc)
         if self.cfg.shadow_share > 0:
             self.shadow = Shadow(
                 self.ctx, self.cfg, lambda: self.follower.challenger,
@@ -188,11 +189,20 @@ class Service:
                 "results": [{k: v for k, v in r.items() if k != "mask"} for r in results],
             }
             self.capture.offer(data, digest, fmt, summary)
+        if self.shadow is None:
+            return
         known = set(self.ctx.prompts)  # the registry's prompts only: bounded metrics and memory
-        if self.shadow is not None and known & set(answered.maps):
-            loaded = answered.serving.loaded
-            masks = {p: m >= loaded.threshold_for(p) for p, m in answered.maps.items() if p in known}
+        loaded = answered.serving.loaded
+        masks = {p: m >= loaded.threshold_for(p) for p, m in answered.maps.items() if p in known}
+        if masks:
             self.shadow.offer(photo, masks, answered.serving.version)
+
+    @functools.cached_property
+    def field_bucket(self) -> Any:
+        """One S3 client for the field photos in the bucket (the gallery's and the capture's)."""
+        from drywall_core.base.storage import s3_client_from
+
+        return s3_client_from(self.ctx.settings)
 
     @property
     def following(self) -> str:

@@ -1,13 +1,13 @@
 """The model a prediction service serves, and how it follows the champion alias.
 
-The service polls the alias (``DRYWALL_SERVE__POLL_S``; an alias read is one small GET, its ETag
-says whether anything moved) and is nudged at once by ``drywall.model.promoted`` when a Prefect
-API is configured (:mod:`~drywall_core.serve.events`). A new version is loaded *beside* the one
-serving: downloaded with every file checked against its sha256, loaded for inference, its prompts'
-text embeddings computed, and run on the warm-up set recorded with it at publish time. Only if
-its masks there match the recorded ones is it swapped in -- one reference assignment, so a batch
-already running finishes on the model it started with. A version that fails is never swapped in:
-the old one keeps serving, the refusal is kept (``/v1/models``, metrics) and emitted as
+The service polls the alias (``DRYWALL_SERVE__POLL_S``; an alias read is one small GET) and is
+nudged at once by ``drywall.model.promoted`` when a Prefect API is configured
+(:mod:`~drywall_core.serve.events`). A new version is loaded *beside* the one serving: downloaded
+with every file checked against its sha256, loaded for inference, its prompts' text embeddings
+computed, and run on the warm-up set recorded with it at publish time. Only if its masks there
+match the recorded ones is it swapped in -- one reference assignment, so a batch already running
+finishes on the model it started with. A version that fails is never swapped in: the old one
+keeps serving, the refusal is kept (``/v1/models``, metrics) and emitted as
 ``drywall.serve.refused`` for the alert automations. A rollback is an alias move like any other.
 """
 
@@ -71,7 +71,6 @@ class Follower:
     challenger: Serving | None = None  # the shadow's model (DRYWALL_SERVE__SHADOW_SHARE > 0)
     refused: dict[str, Refusal] = field(default_factory=dict)
     state: str = "starting"
-    _etag: str | None = None
     _published: dict[str, str] = field(default_factory=dict)  # version -> published_at (versions never change)
     _wake: threading.Event = field(default_factory=threading.Event)
     _busy: threading.Lock = field(default_factory=threading.Lock)
@@ -88,13 +87,11 @@ class Follower:
         if got is None:
             self.state = f"no champion yet at {self.ctx.models.where(self.ctx.models.alias_key)}"
             return None
-        body, etag = got
         try:
-            version = json.loads(body)["version"]
+            version = json.loads(got[0])["version"]
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
             self.state = f"champion alias {self.ctx.models.where(self.ctx.models.alias_key)} unreadable"
             return None
-        self._etag = etag
         return str(version)
 
     def check(self) -> Serving | None:
@@ -134,10 +131,17 @@ class Follower:
                 return version
         return None
 
+    def _ready(self, path: Path) -> LoadedModel:
+        """A downloaded version loaded as every stage loads a model for prediction (device and
+        precision from the settings), with the registry prompts' text embeddings computed once."""
+        from drywall_core.model.runtime import text_embeddings_cached
+
+        loaded = self.ctx.inference_model(path)
+        text_embeddings_cached(loaded, self.ctx.prompts)  # once per model, not per request
+        return loaded
+
     def _follow_challenger(self) -> None:
         """Load the challenger beside the champion (checksummed; no warm-up gate: it answers nobody)."""
-        from drywall_core.model.runtime import load_for_inference, text_embeddings_cached
-
         try:
             version = self.challenger_version()
             if version is None or version == self.current.version:
@@ -145,13 +149,11 @@ class Follower:
                 return
             if self.challenger is not None and self.challenger.version == version:
                 return
-            folder = self.ctx.settings.home / "serve" / self.ctx.models.name / "shadow"
+            # beside the versions' folder, not in it: _keep sweeps that one, and a version may be named "shadow"
+            folder = self.ctx.settings.home / "serve-shadow" / self.ctx.models.name
             shutil.rmtree(folder, ignore_errors=True)
             self.ctx.models.download(version, folder)
-            loaded = load_for_inference(
-                folder, self.ctx.settings.inference_precision, self.ctx.settings.inference_device
-            )
-            text_embeddings_cached(loaded, self.ctx.prompts)
+            loaded = self._ready(folder)
             where = self.ctx.models.where(self.ctx.models.version_key(version))
             self.challenger = Serving(version, loaded, stamp(), where, "shadow challenger (answers nobody)")
             log.info("shadow challenger %s loaded beside champion %s", version, self.current.version)
@@ -196,11 +198,9 @@ class Follower:
         return None
 
     def _warm(self, version: str, path: Path) -> Serving | None:
-        from drywall_core.model.runtime import load_for_inference, text_embeddings_cached
         from drywall_core.release.warmup import check_warmup
 
-        loaded = load_for_inference(path, self.ctx.settings.inference_precision, self.ctx.settings.inference_device)
-        text_embeddings_cached(loaded, self.ctx.prompts)  # once per model, not per request
+        loaded = self._ready(path)
         check = check_warmup(loaded, path, self.cfg.warmup_min_iou)
         if not check.passed:
             self._refuse(version, "warmup", check.reason)

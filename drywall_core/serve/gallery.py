@@ -30,43 +30,56 @@ MEDIA = {
 }
 
 
-def _summary(service: Service) -> Any:
-    from drywall_core.field.predictions import read_summary
+class Gallery:
+    """The serving version's summary, read when the gallery is listed and kept for the photo and
+    mask requests the page then makes (a page of 24 items was 48 more reads of the whole summary)."""
 
-    cur = service.follower.current
-    if cur is None:
-        raise Refused(503, f"no model serves yet: {service.follower.state}")
-    return cur.version, read_summary(service.ctx.store, cur.version)
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._frames: dict[str, Any] = {}  # version -> its summary (None: no field predictions)
 
+    def summary(self, refresh: bool = False) -> tuple[str, Any]:
+        from drywall_core.field.predictions import read_summary
 
-def _row(service: Service, sha256: str, prompt: str | None = None) -> tuple[str, Any]:
-    version, frame = _summary(service)
-    if frame is None or frame.empty:
-        raise Refused(404, f"version {version} has no field predictions")
-    rows = frame[frame["sha256"] == sha256]
-    if prompt is not None:
-        rows = rows[rows["prompt"] == prompt]
-    if rows.empty:
+        cur = self.service.follower.current
+        if cur is None:
+            raise Refused(503, f"no model serves yet: {self.service.follower.state}")
+        if refresh or cur.version not in self._frames:
+            self._frames = {cur.version: read_summary(self.service.ctx.store, cur.version)}
+        return cur.version, self._frames[cur.version]
+
+    def row(self, sha256: str, prompt: str | None = None) -> tuple[str, Any]:
+        """The summary row of a photo (and prompt); one fresh read before a photo is called unknown."""
+        for refresh in (False, True):
+            version, frame = self.summary(refresh)
+            if frame is None or frame.empty:
+                continue
+            rows = frame[frame["sha256"] == sha256]
+            if prompt is not None:
+                rows = rows[rows["prompt"] == prompt]
+            if not rows.empty:
+                return version, rows.iloc[0]
+        if frame is None or frame.empty:
+            raise Refused(404, f"version {version} has no field predictions")
         raise Refused(404, f"no field prediction of version {version} for photo {sha256[:16]}")
-    return version, rows.iloc[0]
 
 
 def photo_bytes(service: Service, name: str) -> bytes:
     """A field photo by the name its summary row holds: an S3 key, or a path under the field folder."""
     s = service.ctx.settings
     if s.s3_bucket:
-        from drywall_core.base.storage import s3_client_from
-
-        return s3_client_from(s).get_object(Bucket=s.s3_bucket, Key=name)["Body"].read()
+        return service.field_bucket.get_object(Bucket=s.s3_bucket, Key=name)["Body"].read()
     return inside(s.field_images_dir, name, "field image").read_bytes()
 
 
 def add_gallery(app: FastAPI, service: Service) -> None:
+    index = Gallery(service)
+
     @app.get("/v1/gallery", summary="Recent field predictions of the serving version, least certain first")
     def gallery(limit: int = Query(service.cfg.gallery_size, ge=0, le=200)) -> dict[str, Any]:
         from drywall_core.field.predictions import most_uncertain
 
-        version, frame = _summary(service)
+        version, frame = index.summary(refresh=True)
         if frame is None or frame.empty:
             return {"version": version, "items": []}
         items = [
@@ -87,7 +100,7 @@ def add_gallery(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/gallery/photo", summary="A gallery photo", response_class=Response)
     async def gallery_photo(sha256: str = Query(..., pattern="^[0-9a-f]{64}$")) -> Response:
-        _, row = await run_in_threadpool(_row, service, sha256)
+        _, row = await run_in_threadpool(index.row, sha256)
         data = await run_in_threadpool(photo_bytes, service, str(row["image"]))
         return Response(data, media_type=MEDIA.get(Path(str(row["image"])).suffix.lower(), "application/octet-stream"))
 
@@ -95,6 +108,6 @@ def add_gallery(app: FastAPI, service: Service) -> None:
     async def gallery_mask(sha256: str = Query(..., pattern="^[0-9a-f]{64}$"), prompt: str = Query(...)) -> Response:
         from drywall_core.field.predictions import predictions_key
 
-        version, row = await run_in_threadpool(_row, service, sha256, prompt)
+        version, row = await run_in_threadpool(index.row, sha256, prompt)
         data = await run_in_threadpool(service.ctx.store.get_bytes, predictions_key(version, str(row["mask"])))
         return Response(data, media_type="image/png")

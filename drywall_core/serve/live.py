@@ -56,8 +56,10 @@ class Captured:
 class Capture:
     """Stores sent photos under the field-images prefix, one writer thread, bounded per day."""
 
-    def __init__(self, ctx: Context, cfg: ServeConfig, on_stored: Callable[[], None] | None = None) -> None:
-        self.ctx, self.cfg, self.on_stored = ctx, cfg, on_stored
+    def __init__(
+        self, ctx: Context, cfg: ServeConfig, bucket: Callable[[], Any], on_stored: Callable[[], None] | None = None
+    ) -> None:
+        self.ctx, self.cfg, self.bucket, self.on_stored = ctx, cfg, bucket, on_stored  # bucket: the S3 client
         self._queue: queue.Queue[Captured | None] = queue.Queue(maxsize=256)
         self._seen: set[str] = set()
         self._day, self._today = "", 0
@@ -108,9 +110,7 @@ class Capture:
     def _put(self, name: str, data: bytes) -> None:
         s = self.ctx.settings
         if s.s3_bucket:
-            from drywall_core.base.storage import s3_client_from
-
-            s3_client_from(s).put_object(Bucket=s.s3_bucket, Key=f"{s.field_images_prefix}{name}", Body=data)
+            self.bucket().put_object(Bucket=s.s3_bucket, Key=f"{s.field_images_prefix}{name}", Body=data)
             return
         from drywall_core.base.fsutil import atomic_open
 
@@ -126,9 +126,7 @@ class Capture:
         s = self.ctx.settings
         oldest = (datetime.strptime(today, "%Y-%m-%d") - timedelta(days=self.cfg.capture_days)).strftime("%Y-%m-%d")
         if s.s3_bucket:
-            from drywall_core.base.storage import s3_client_from
-
-            client, prefix = s3_client_from(s), f"{s.field_images_prefix}{CAPTURE_FOLDER}/"
+            client, prefix = self.bucket(), f"{s.field_images_prefix}{CAPTURE_FOLDER}/"
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=s.s3_bucket, Prefix=prefix):
                 old = [o["Key"] for o in page.get("Contents", []) if o["Key"][len(prefix) :][:10] < oldest]
                 for key in old:

@@ -140,7 +140,7 @@ def warmup_photos(val: Sequence[Sample], n: int) -> list[Path]:
 def publish(ctx: Context, candidate: Path, judgement: Judgement, extra: dict[str, Any] | None = None) -> Published:
     """Publish the candidate as a new version, settle the gate's decision, emit the refusal event."""
     from drywall_core.release.warmup import record_warmup
-    from drywall_core.stages.registry import PROMOTED_EVENT
+    from drywall_core.stages.registry import announce
 
     reg = ctx.models
     decision = judgement.decision.to_dict()
@@ -155,11 +155,7 @@ def publish(ctx: Context, candidate: Path, judgement: Judgement, extra: dict[str
     outcome = reg.settle(version, judgement.champion.etag if judgement.champion else None, decision)
     event_id = None
     if outcome["promoted"]:
-        event_id = ctx.events.emit(
-            PROMOTED_EVENT,
-            {"prefect.resource.id": f"drywall.model.{reg.name}"},
-            {"version": version, "previous": before, "action": "promote"},
-        )
+        event_id = announce(ctx, {"version": version, "previous": before}, "promote").event_id
     else:
         regression = any("regresses" in r or "shadow agreement" in r for r in decision["reasons"])
         event_id = ctx.events.emit(

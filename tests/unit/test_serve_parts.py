@@ -64,7 +64,8 @@ def test_probabilities_each_is_the_forward_pass_per_image(tiny_model_dir: Path) 
 
 def test_mask_encodings_round_trip() -> None:
     from drywall_core.data.masks import decode_rle, encode_rle
-    from drywall_core.serve.answers import answer_stats, polygons
+    from drywall_core.field.predictions import mask_stats
+    from drywall_core.serve.answers import polygons
 
     mask = np.zeros((20, 30), bool)
     mask[5:10, 4:12] = True
@@ -75,7 +76,7 @@ def test_mask_encodings_round_trip() -> None:
     xs, ys = ring[0::2], ring[1::2]
     assert (min(xs), max(xs), min(ys), max(ys)) == (4.0, 12.0, 5.0, 10.0)  # pixel edges, as COCO draws them
     prob = np.where(mask, 0.9, 0.2).astype(np.float32)
-    stats = answer_stats(prob, prob >= 0.5)
+    stats = mask_stats(prob, 0.5, entropy=False)
     assert stats["fg_fraction"] == pytest.approx(40 / 600)
     assert stats["mean_confidence"] == pytest.approx((40 * 0.9 + 560 * 0.8) / 600)
     assert stats["uncertain_share"] == 0.0
