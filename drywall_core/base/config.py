@@ -78,6 +78,15 @@ class LabelQueueConfig(BaseModel):
     per_day: int = Field(100, ge=0, description="Images queued per Roboflow project per UTC day, across runs.")
 
 
+class MeasureConfig(BaseModel):
+    """Crack measurements (``drywall measure``, field summaries, the service's answer, evaluation)."""
+
+    px_per_mm: float | None = Field(
+        None, gt=0, description="Scale of site photos, pixels per millimetre: adds *_mm fields (per photo overrides)."
+    )
+    min_area_px: int = Field(9, ge=1, description="Regions smaller than this are specks, not cracks.")
+
+
 class ServeConfig(BaseModel):
     """The prediction service (``drywall serve``): what it follows, how it batches, what it refuses."""
 
@@ -208,6 +217,7 @@ class Settings(BaseSettings):
         default="field-images/", description="Where field photos land in the bucket (drift, predictions, shadow)."
     )
     label_queue: LabelQueueConfig = Field(default_factory=LabelQueueConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
     evidently_workspace: Path | None = Field(
         default=None, description="Evidently workspace of drift and quality over time; $DRYWALL_HOME/evidently."
     )

@@ -1,15 +1,17 @@
-"""Field commands: drift of new site photos, the label queue."""
+"""Field commands: drift of new site photos, the label queue, crack measurements."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from drywall_core.base.errors import CheckFailed
+from drywall_core.base.errors import CheckFailed, InputError
 from drywall_core.base.fsutil import naming_full_disk
 from drywall_core.cli.app import app, context, err
+from drywall_core.model.measure import measure_file
 from drywall_core.stages import field
 
 
@@ -40,7 +42,7 @@ def label_queue(
     if dry_run is not None:
         typer.echo(f"dry run: {len(report.queued)} images would be queued in {workspace}/{project} ({report.batch})")
         for e in report.queued:
-            typer.echo(f"  {e['image']}  uncertain {e['uncertain_share']:.3f}  {e['regions']} region(s)")
+            typer.echo(f"  {e['image']}  uncertain {e['uncertain_share']:.3f}  {e['regions']} region(s){_cracks(e)}")
         typer.echo(f"written to {dry_run}")
         return
     for e in report.queued:
@@ -56,6 +58,32 @@ def label_queue(
     )
     if report.failed:
         raise CheckFailed(f"{len(report.failed)} of {done.items} images could not be queued")
+
+
+def _cracks(entry: dict) -> str:
+    if "n_cracks" not in entry:
+        return ""
+    return (
+        f"  {entry['n_cracks']} crack(s), {entry['total_length_px']:.0f} px long, widest {entry['max_width_px']:.1f} px"
+    )
+
+
+@app.command()
+def measure(
+    masks: Annotated[list[Path], typer.Argument(help="Mask PNGs (non-zero pixels are the object).")],
+    px_per_mm: Annotated[
+        float | None,
+        typer.Option(help="Scale in pixels per mm: adds *_mm fields (default: setting)."),
+    ] = None,
+) -> None:
+    """Count cracks and measure each one's length and width; one JSON line per mask."""
+    settings = context().settings.measure
+    scale = px_per_mm if px_per_mm is not None else settings.px_per_mm
+    if scale is not None and scale <= 0:
+        raise InputError(f"--px-per-mm must be positive, not {scale}")
+    lines = [json.dumps(measure_file(path, scale, settings.min_area_px).to_dict()) for path in masks]
+    for line in lines:
+        typer.echo(line)
 
 
 @app.command()

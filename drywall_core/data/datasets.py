@@ -37,6 +37,9 @@ class DatasetSpec(BaseModel):
     projects: list[str] = Field(default_factory=list)
     roboflow: RoboflowProject | None = Field(None, description="Published on Roboflow here (nightly flows).")
     label: str | None = Field(None, description="Class name of pre-annotations sent to Roboflow (default: name).")
+    measure: Literal["lines", "area"] = Field(
+        "area", description="How a mask of this prompt is measured: crack-like lines (length, width) or area share."
+    )
 
     @property
     def class_name(self) -> str:
@@ -83,6 +86,10 @@ class DatasetRegistry(BaseModel):
             if slug == _slug(spec.name) or slug in known:
                 return spec
         return None
+
+    def measures_lines(self, prompt: str) -> bool:
+        """Whether masks of ``prompt`` are measured as lines (cracks: count, length, width)."""
+        return any(spec.measure == "lines" and prompt in spec.prompts for spec in self.datasets.values())
 
     def by_categories(self, names: list[str]) -> DatasetSpec | None:
         """The one dataset whose category pattern matches all the given names, if exactly one."""

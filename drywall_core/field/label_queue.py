@@ -153,6 +153,9 @@ class QueueItem:
     uncertain_share: float
     mean_entropy: float
     model_version: str
+    n_cracks: int | None = None  # crack prompts: the predicted mask's measurements
+    total_length_px: float | None = None
+    max_width_px: float | None = None
 
 
 @dataclass
@@ -267,6 +270,11 @@ def _entry(item: QueueItem) -> dict[str, Any]:
         "uncertain_share": round(item.uncertain_share, 4),
         "mean_entropy": round(item.mean_entropy, 4),
         "model_version": item.model_version,
+        **(
+            {}
+            if item.n_cracks is None
+            else {"n_cracks": item.n_cracks, "total_length_px": item.total_length_px, "max_width_px": item.max_width_px}
+        ),
     }
 
 
@@ -369,6 +377,14 @@ def items_from(picks: pd.DataFrame, images: dict[str, Path], masks_root: Path) -
             uncertain_share=float(row.uncertain_share),
             mean_entropy=float(row.mean_entropy),
             model_version=row.model_version,
+            **_measured(row),
         )
         for row in picks.itertuples()
     ]
+
+
+def _measured(row: Any) -> dict[str, Any]:
+    n = getattr(row, "n_cracks", None)
+    if n is None or n != n:  # not a crack prompt (NaN), or a summary from before measurements
+        return {}
+    return {"n_cracks": int(n), "total_length_px": float(row.total_length_px), "max_width_px": float(row.max_width_px)}

@@ -3,7 +3,8 @@
 Each image is encoded once and decoded per prompt. Per image and prompt the summary holds the
 foreground fraction, the mean confidence (probability of the chosen side), and two uncertainty
 measures: the share of pixels with probability in [0.3, 0.7] and the mean pixel entropy (bits,
-0..1). Those are what the label queue ranks by and what drift tracks over time.
+0..1). Those are what the label queue ranks by and what drift tracks over time. Crack masks are
+also measured (:mod:`drywall_core.model.measure`): how many cracks, their total length, the widest.
 
 In the artifact store a model version's predictions live under ``predictions/<version>/``:
 ``masks/<sha256[:16]>/<image stem>__<prompt>.png`` (the ``predict`` naming, one folder per image
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from drywall_core.base.storage import ArtifactStore, Conflict
 from drywall_core.data.images import open_rgb
 from drywall_core.data.masks import save_png_atomic
 from drywall_core.model.load import LoadedModel
+from drywall_core.model.measure import MIN_AREA_PX, measure_mask
 from drywall_core.model.predict import output_name
 from drywall_core.model.runtime import probabilities, text_embeddings_cached
 
@@ -51,6 +53,9 @@ COLUMNS = [
     "uncertain_share",
     "mean_entropy",
     "threshold",
+    "n_cracks",
+    "total_length_px",
+    "max_width_px",
     "model_version",
     "predicted_at",
     "run",
@@ -132,8 +137,11 @@ def predict_field(
     batch_size: int = 8,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    lines: Collection[str] = (),
+    min_area_px: int = MIN_AREA_PX,
 ) -> FieldRun:
-    """Masks and summary rows for every image and prompt; images whose sha256 is in ``done`` are skipped."""
+    """Masks and summary rows for every image and prompt; images whose sha256 is in ``done`` are
+    skipped. Masks of the prompts in ``lines`` (cracks) are measured: count, total length, widest."""
     out = Path(out)
     done = done or set()
     todo, seen = [], set()
@@ -154,7 +162,8 @@ def predict_field(
             for prompt in prompts:
                 for (im, pil), prob in zip(batch, (m[prompt] for m in maps), strict=True):
                     name = mask_name(im, prompt)
-                    save_png_atomic(((prob >= thresholds[prompt]) * 255).astype(np.uint8), out / name)
+                    mask = prob >= thresholds[prompt]
+                    save_png_atomic((mask * 255).astype(np.uint8), out / name)
                     rows.append(
                         {
                             "image": im.name,
@@ -165,6 +174,7 @@ def predict_field(
                             "height": pil.size[1],
                             **mask_stats(prob, thresholds[prompt]),
                             "threshold": thresholds[prompt],
+                            **line_stats(mask, prompt in lines, min_area_px),
                             "model_version": version,
                             "predicted_at": stamp,
                             "run": run,
@@ -176,6 +186,14 @@ def predict_field(
     bar.close()
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return FieldRun(frame, out, skipped, already=len({im.sha256 for im in images} & done))
+
+
+def line_stats(mask: np.ndarray, measured: bool, min_area_px: int = MIN_AREA_PX) -> dict[str, float]:
+    """The summary's crack columns: count, total length and widest point (NaN where not measured)."""
+    if not measured:
+        return {"n_cracks": np.nan, "total_length_px": np.nan, "max_width_px": np.nan}
+    m = measure_mask(mask, min_area_px=min_area_px)
+    return {"n_cracks": float(m.n_cracks), "total_length_px": m.total_length_px, "max_width_px": m.max_width_px}
 
 
 def _parquet_bytes(frame: pd.DataFrame) -> bytes:

@@ -1,4 +1,5 @@
-"""Evaluation: per-image IoU/Dice, threshold sweep, boundary F1, prompt robustness, latency.
+"""Evaluation: per-image IoU/Dice, threshold sweep, boundary F1, prompt robustness, latency, and
+for crack datasets the error of the predicted crack count, length and width.
 
 Images are encoded once per batch and decoded for every prompt of their task, so evaluating all
 synonyms costs one backbone pass, not one per synonym.
@@ -10,7 +11,7 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from drywall_core.data.datasets import DatasetSpec
 from drywall_core.data.images import open_rgb
 from drywall_core.data.samples import Sample
 from drywall_core.model.load import LoadedModel
+from drywall_core.model.measure import MIN_AREA_PX, measure_mask
 from drywall_core.model.metrics import THRESHOLDS, best_threshold, boundary_f1, dice, iou, sweep
 from drywall_core.model.runtime import probabilities, probabilities_for
 
@@ -36,6 +38,24 @@ class ImageResult:
     dice: float
     boundary_f1: float
     sweep: dict[float, float]
+    sizes: SizeError | None = None  # crack datasets: predicted against ground-truth measurements
+
+
+@dataclass(frozen=True)
+class SizeError:
+    """One image's crack measurements, predicted and true."""
+
+    cracks: int
+    cracks_true: int
+    length_px: float
+    length_true_px: float
+    max_width_px: float
+    max_width_true_px: float
+
+    @classmethod
+    def of(cls, pred: np.ndarray, gt: np.ndarray, min_area_px: int) -> SizeError:
+        p, t = measure_mask(pred, min_area_px=min_area_px), measure_mask(gt, min_area_px=min_area_px)
+        return cls(p.n_cracks, t.n_cracks, p.total_length_px, t.total_length_px, p.max_width_px, t.max_width_px)
 
 
 def _load(sample: Sample) -> tuple[Image.Image, np.ndarray]:
@@ -54,8 +74,10 @@ def evaluate(
     progress: bool = True,
     latency_images: int = 16,
     tolerance_px: float = 2.0,
+    min_area_px: int = MIN_AREA_PX,
 ) -> dict[str, Any]:
-    """Metrics for every dataset in ``samples`` (canonical prompt, and every synonym)."""
+    """Metrics for every dataset in ``samples`` (canonical prompt, and every synonym); for crack
+    datasets also how far the predicted measurements are from the ground truth's."""
     device = next(loaded.model.parameters()).device
     loaded.model.eval()
     batch_size = max(batch_size, 1)
@@ -87,11 +109,12 @@ def evaluate(
                                 dice(pred, gt),
                                 boundary_f1(pred, gt, tolerance_px),
                                 sweep(prob, gt),
+                                SizeError.of(pred, gt, min_area_px) if spec.measure == "lines" else None,
                             )
                         )
             bar.update(len(chunk))
         out["datasets"][name] = _summarise(spec, results, synonym_ious)
-        out["per_image"] += [r.__dict__ for r in results]
+        out["per_image"] += [asdict(r) for r in results]
     bar.close()
     ds = out["datasets"].values()
     out["overall"] = {
@@ -130,6 +153,26 @@ def _summarise(spec: DatasetSpec, results: list[ImageResult], synonym_ious: dict
             "range": max(vals) - min(vals),
             "std": float(np.std(vals)),
         },
+        **size_errors([r.sizes for r in results if r.sizes is not None]),
+    }
+
+
+def size_errors(sizes: Sequence[SizeError]) -> dict[str, Any]:
+    """Mean absolute errors of crack count, total length and widest point over the images, and the
+    median relative length error over the images with cracks (``{}`` for datasets not measured)."""
+    if not sizes:
+        return {}
+    rel = [abs(z.length_px - z.length_true_px) / z.length_true_px for z in sizes if z.length_true_px > 0]
+    return {
+        "measurement_error": {
+            "images": len(sizes),
+            "count_mae": float(np.mean([abs(z.cracks - z.cracks_true) for z in sizes])),
+            "length_mae_px": float(np.mean([abs(z.length_px - z.length_true_px) for z in sizes])),
+            "length_rel_error_median": float(np.median(rel)) if rel else None,
+            "max_width_mae_px": float(np.mean([abs(z.max_width_px - z.max_width_true_px) for z in sizes])),
+            "true_length_px_mean": float(np.mean([z.length_true_px for z in sizes])),
+            "true_cracks_mean": float(np.mean([z.cracks_true for z in sizes])),
+        }
     }
 
 
@@ -169,6 +212,16 @@ def markdown_table(metrics: dict[str, Any], champion: dict[str, Any] | None = No
             c = champion.get("datasets", {}).get(name)
             row += f" {c['miou']:.3f} |" if c else " - |"
         lines.append(row)
+    sizes = [(d["prompt"], d["measurement_error"]) for d in metrics["datasets"].values() if d.get("measurement_error")]
+    if sizes:
+        lines += ["", "| prompt | images | crack count MAE | length MAE px | median length error | widest MAE px |"]
+        lines.append("|---|---|---|---|---|---|")
+        for prompt, e in sizes:
+            rel = "-" if e["length_rel_error_median"] is None else f"{100 * e['length_rel_error_median']:.0f}%"
+            lines.append(
+                f"| {prompt} | {e['images']} | {e['count_mae']:.2f} | {e['length_mae_px']:.1f} | {rel} "
+                f"| {e['max_width_mae_px']:.2f} |"
+            )
     lat = metrics.get("latency", {})
     if lat:
         lines.append("")

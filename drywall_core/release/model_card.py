@@ -106,7 +106,30 @@ def _metrics_section(metrics: dict[str, Any] | None) -> list[str]:
     ]
     if robust:
         lines += ["Prompt robustness (mIoU per synonym):", "", *robust, ""]
-    return lines
+    return lines + _measurement_section(metrics)
+
+
+def _measurement_section(metrics: dict[str, Any]) -> list[str]:
+    """How far the predicted crack measurements are from the ground truth's (crack datasets)."""
+    rows = [d for d in metrics.get("datasets", {}).values() if d.get("measurement_error")]
+    if not rows:
+        return []
+    lines = [
+        "Crack measurements, predicted against ground truth (validation photos):",
+        "",
+        "| prompt | images | true cracks / photo | count MAE | true length px | length MAE px | median length error "
+        "| widest MAE px |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in rows:
+        e = d["measurement_error"]
+        rel = e.get("length_rel_error_median")
+        lines.append(
+            f"| {md(d['prompt'])} | {e['images']} | {_f(e['true_cracks_mean'], 2)} | {_f(e['count_mae'], 2)} | "
+            f"{_f(e['true_length_px_mean'], 1)} | {_f(e['length_mae_px'], 1)} | "
+            f"{'-' if rel is None else f'{100 * rel:.0f}%'} | {_f(e['max_width_mae_px'], 2)} |"
+        )
+    return [*lines, ""]
 
 
 def _gate_section(record: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import warnings
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from drywall_core.data.images import ImageTooLarge, decode_rgb
 from drywall_core.data.masks import encode_rle
 from drywall_core.field.predictions import mask_stats
+from drywall_core.model.measure import measure_mask
 
 MaskFormat = Literal["rle", "png", "polygons"]
 MASK_FORMATS = ("rle", "png", "polygons")
@@ -74,8 +76,11 @@ def polygons(mask: np.ndarray) -> list[list[float]]:
     return [[round(float(v) - 0.5, 2) for pt in line for v in pt] for line in lines if len(line) >= 3]
 
 
-def result(prompt: str, prob: np.ndarray, threshold: float, fmt: MaskFormat = "rle") -> dict[str, Any]:
-    """One prompt's entry of the answer (the contract in ARCHITECTURE.md)."""
+def result(
+    prompt: str, prob: np.ndarray, threshold: float, fmt: MaskFormat = "rle", scale: Scale | None = None
+) -> dict[str, Any]:
+    """One prompt's entry of the answer (the contract in ARCHITECTURE.md); with ``scale`` (a crack
+    prompt) the mask's measurements too: count, and each crack's length and width."""
     mask = prob >= threshold
     stats = mask_stats(prob, threshold, entropy=False)
     if fmt == "png":
@@ -94,4 +99,19 @@ def result(prompt: str, prob: np.ndarray, threshold: float, fmt: MaskFormat = "r
         "mean_confidence": round(stats["mean_confidence"], 6),
         "uncertain_share": round(stats["uncertain_share"], 6),
         "threshold": threshold,
+        **({} if scale is None else {"measurements": measurements(mask, scale)}),
     }
+
+
+def measurements(mask: np.ndarray, scale: Scale) -> dict[str, Any]:
+    """``drywall measure``'s line for the mask, less what the answer already says (file, size)."""
+    out = measure_mask(mask, "", scale.px_per_mm, scale.min_area_px).to_dict()
+    return {k: v for k, v in out.items() if k not in ("file", "width", "height")}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How a crack prompt's mask is measured: pixels per mm (None: pixels only), smallest crack."""
+
+    px_per_mm: float | None
+    min_area_px: int

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drywall_core.base.config import ServeConfig
 from drywall_core.base.errors import InputError
-from drywall_core.serve.answers import MASK_FORMATS, MaskFormat, Refused, png_bytes, read_photo, result
+from drywall_core.serve.answers import MASK_FORMATS, MaskFormat, Refused, Scale, png_bytes, read_photo, result
 from drywall_core.serve.batching import Answered, Batcher, NotReady
 from drywall_core.serve.follow import Follower, Refusal, Serving
 from drywall_core.serve.keys import KeyRing, RateLimiter
@@ -51,6 +51,31 @@ class Mask(BaseModel):
     polygons: list[list[float]] | None = None  # mask_format=polygons
 
 
+class CrackSize(BaseModel):
+    length_px: float
+    max_width_px: float
+    mean_width_px: float
+    area_px: int
+    bbox: list[int]  # x, y, width, height
+    length_mm: float | None = None  # *_mm: with a scale (px_per_mm) only
+    max_width_mm: float | None = None
+    mean_width_mm: float | None = None
+
+
+class Measurements(BaseModel):
+    """A crack prompt's mask measured (the `drywall measure` contract, without `file`)."""
+
+    n_cracks: int
+    total_length_px: float
+    max_width_px: float
+    area_share: float
+    cracks: list[CrackSize]
+    specks: int
+    px_per_mm: float | None = None
+    total_length_mm: float | None = None
+    max_width_mm: float | None = None
+
+
 class PromptResult(BaseModel):
     prompt: str
     mask: Mask
@@ -58,6 +83,7 @@ class PromptResult(BaseModel):
     mean_confidence: float
     uncertain_share: float
     threshold: float
+    measurements: Measurements | None = None  # crack prompts (the dataset registry's `measure: lines`)
 
 
 class SegmentAnswer(BaseModel):
@@ -137,6 +163,7 @@ class Service:
     listeners: list[Callable[[Follower, threading.Event], None]] = field(default_factory=list)
     capture: Capture | None = field(init=False, default=None)
     shadow: Shadow | None = field(init=False, default=None)
+    _lines: dict[str, bool] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         m = self.metrics
@@ -162,6 +189,12 @@ class Service:
                 self.ctx, self.cfg, lambda: self.follower.challenger,
                 on_row=lambda prompt, score: m.shadow.labels(prompt).observe(score),
             )  # fmt: skip
+
+    def lines(self, prompt: str) -> bool:
+        """Whether answers for ``prompt`` carry crack measurements (the dataset registry says)."""
+        if prompt not in self._lines:
+            self._lines[prompt] = self.ctx.datasets.measures_lines(prompt)
+        return self._lines[prompt]
 
     def start(self) -> None:
         follow = threading.Thread(target=self.follower.follow, args=(self.stop,), name="drywall-follow", daemon=True)
@@ -405,9 +438,15 @@ def create_app(service: Service) -> FastAPI:
         image: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WebP, TIFF, BMP).")],
         prompt: Annotated[list[str], Form(description="A text prompt, e.g. 'segment crack'; repeat for more.")],
         mask_format: Annotated[MaskFormat, Query(description=f"Mask encoding: {', '.join(MASK_FORMATS)}.")] = "rle",
+        px_per_mm: Annotated[
+            float | None,
+            Form(gt=0, le=1e6, description="This photo's scale, pixels per mm: crack sizes in mm too."),
+        ] = None,
     ) -> Response:
         t0 = time.perf_counter()
         prompts = check_prompts(prompt, cfg)
+        measure = s.ctx.settings.measure
+        scale = Scale(px_per_mm if px_per_mm is not None else measure.px_per_mm, measure.min_area_px)
         wants_png = "image/png" in request.headers.get("accept", "")
         if wants_png and len(prompts) != 1:
             raise Refused(422, f"Accept: image/png answers one prompt; {len(prompts)} given")
@@ -436,7 +475,10 @@ def create_app(service: Service) -> FastAPI:
                 headers={"X-Model-Version": answered.serving.version, "X-Image-Sha256": digest},
             )
         results = await run_in_threadpool(
-            lambda: [result(p, answered.maps[p], loaded.threshold_for(p), mask_format) for p in prompts]
+            lambda: [
+                result(p, answered.maps[p], loaded.threshold_for(p), mask_format, scale if s.lines(p) else None)
+                for p in prompts
+            ]
         )
         t3 = time.perf_counter()
         s.after_answer(data, digest, fmt, photo, answered, results)

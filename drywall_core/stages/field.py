@@ -191,8 +191,19 @@ def predict_field(
     def on_batch(n: int, total: int) -> None:
         ctx.reporter.progress("field-predictions-progress", n, total, f"{n}/{total} images")
 
+    lines = [p for p in prompts if ctx.datasets.measures_lines(p)]
     result = fp.predict_field(
-        loaded, photos, prompts, Path(out), version, run=run, done=done, progress=False, on_batch=on_batch
+        loaded,
+        photos,
+        prompts,
+        Path(out),
+        version,
+        run=run,
+        done=done,
+        progress=False,
+        on_batch=on_batch,
+        lines=lines,
+        min_area_px=ctx.settings.measure.min_area_px,
     )
     outcome = FieldOutcome(version, prompts, result, photos)
     ctx.reporter.progress("field-predictions-progress", outcome.predicted, max(outcome.predicted, 1), "done")
@@ -225,10 +236,19 @@ def uncertain_rows(ctx: Context, version: str, result: Any, image_link: Callable
             "mean entropy": round(r.mean_entropy, 4),
             "foreground": round(r.fg_fraction, 4),
             "confidence": round(r.mean_confidence, 4),
+            **crack_cells(r),
             "mask": ctx.store.link(fp.predictions_key(version, r.mask)),
         }
         for r in fp.most_uncertain(result.frame, k).itertuples()
     ]
+
+
+def crack_cells(row: Any) -> dict[str, Any]:
+    """A table's crack columns for a summary row: count, total length, widest (blank if unmeasured)."""
+    n = getattr(row, "n_cracks", float("nan"))
+    if n != n:  # NaN: a prompt measured by area, or a row from before measurements
+        return {"cracks": "", "length px": "", "max width px": ""}
+    return {"cracks": int(n), "length px": round(row.total_length_px, 1), "max width px": round(row.max_width_px, 1)}
 
 
 # -- the label queue --------------------------------------------------------------------------
@@ -321,7 +341,11 @@ def label_queue_for(
     other = ctx.inference_model(challenger) if challenger else None
     with tempfile.TemporaryDirectory(prefix="drywall-label-queue-") as tmp:
         ctx.reporter.info(f"label queue: predicting '{prompt}' on {len(photos)} photos")
-        run = fp.predict_field(loaded, photos, [prompt], Path(tmp), version, done=None, progress=False)
+        lines = [prompt] if ctx.datasets.measures_lines(prompt) else []
+        run = fp.predict_field(
+            loaded, photos, [prompt], Path(tmp), version, done=None, progress=False, lines=lines,
+            min_area_px=ctx.settings.measure.min_area_px,
+        )  # fmt: skip
         for item in run.skipped:
             ctx.reporter.warn(f"{item['image']}: cannot read image ({item['reason']}); skipped")
         images = {p.sha256: p.path for p in photos}

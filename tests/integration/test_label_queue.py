@@ -17,6 +17,7 @@ import pytest
 from drywall_core.field import label_queue as lq
 from drywall_core.field import predictions as field
 from drywall_core.field.drift import IMAGE_EXTENSIONS
+from drywall_core.model.measure import measure_file
 from drywall_core.model.metrics import iou
 from tests.fakes.roboflow_api import FakeRoboflow
 
@@ -84,6 +85,10 @@ def test_label_queue_uploads_uncertain_images_with_prediction_polygons(
         assert dry.returncode == 0, dry.stderr
         planned = json.loads((tmp_path / "dry" / "queue.json").read_text())
         assert [e["image"] for e in planned["images"]] == ranked[:3] and not fake.uploads
+        for e in planned["images"]:  # a crack prompt's entries carry the predicted mask's measurements
+            m = measure_file(masks[e["image"]])
+            assert (e["n_cracks"], e["total_length_px"]) == (m.n_cracks, pytest.approx(m.total_length_px))
+            assert f"{e['n_cracks']} crack(s)" in dry.stdout
 
         fake.fail_uploads_next = 100  # Roboflow down: every attempt fails, each image is reported
         down = _queue(fake, tiny_model_dir, photos, home, "--top", "3")

@@ -18,6 +18,7 @@ from PIL import Image
 
 from drywall_core.base.config import Settings
 from drywall_core.data.masks import decode_rle
+from drywall_core.model.measure import measure_mask
 from drywall_core.serve.app import Service, create_app
 from drywall_core.serve.keys import KeyRing, hash_key
 from drywall_core.stages.context import Context, MemoryEvents, QuietReporter
@@ -60,10 +61,10 @@ def served(registry_home):
         yield srv
 
 
-def _post(url: str, data: bytes, name: str = "photo.jpg", prompts=("segment crack",), headers=None, **kw):
+def _post(url: str, data: bytes, name: str = "photo.jpg", prompts=("segment crack",), headers=None, extra=None, **kw):
     return httpx.post(
         url + "/v1/segment", headers={**AUTH, **(headers or {})}, files={"image": (name, data)},
-        data={"prompt": list(prompts)}, timeout=60, **kw,
+        data={"prompt": list(prompts), **(extra or {})}, timeout=60, **kw,
     )  # fmt: skip
 
 
@@ -90,6 +91,13 @@ def test_segment_answers_the_contract(served, synthetic_exports) -> None:
         assert abs(mask.mean() - x["foreground_fraction"]) < 1e-4
         assert 0.5 <= x["mean_confidence"] <= 1 and 0 <= x["uncertain_share"] <= 1 and x["threshold"] == 0.5
     assert {"read", "queued", "model", "encode", "total"} <= set(body["timings_ms"])
+    crack, taping = body["results"]
+    expected = measure_mask(decode_rle(crack["mask"])).to_dict()  # what `drywall measure` says of the mask
+    assert crack["measurements"] == {k: v for k, v in expected.items() if k not in ("file", "width", "height")}
+    assert taping.get("measurements") is None  # taping is measured by its share: foreground_fraction
+    scaled = _post(served.url, photo.read_bytes(), extra={"px_per_mm": "2.5"}).json()["results"][0]["measurements"]
+    assert scaled["total_length_mm"] == pytest.approx(scaled["total_length_px"] / 2.5, abs=1e-3)
+    assert _post(served.url, photo.read_bytes(), extra={"px_per_mm": "-1"}).status_code == 422
 
     png = _post(served.url, photo.read_bytes(), headers={"Accept": "image/png"})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"

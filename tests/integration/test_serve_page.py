@@ -6,6 +6,7 @@ written beside the test's files, and to docs/ with DRYWALL_UPDATE_DOCS=1."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import httpx
@@ -89,6 +90,7 @@ def test_the_page_segments_a_real_photo_and_shows_the_gallery(tmp_path, tiny_mod
             )
             assert dims["mask"] == dims["answer"] == dims["photo"] == dims["overlay"] == [width, height], dims
             assert "segment crack" in figure.inner_text() and "model v1" in figure.inner_text()
+            assert re.search(r"\d+ crack\(s\), \d+ px long, widest [\d.]+ px", figure.inner_text()), figure.inner_text()
             page.fill("#opacity", "20")
             page.dispatch_event("#opacity", "input")
             assert figure.locator("img.mask").evaluate("m => m.style.opacity") == "0.2"

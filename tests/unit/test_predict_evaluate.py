@@ -101,6 +101,17 @@ def test_evaluate_command(cli, trained: Path, synthetic_exports: list[Path], tmp
     assert crack["miou"] == pytest.approx(float(np.mean(ious)))
     grid = Image.open(out / "best_worst.png")
     assert grid.width == 3 * 160 and grid.height > 160
+    # crack sizes: each image's predicted and true measurements, and their errors per crack dataset
+    sizes = [r["sizes"] for r in m["per_image"] if r["dataset"] == "cracks"]
+    err = crack["measurement_error"]
+    assert err["images"] == len(sizes) == crack["images"] and "measurement_error" not in m["datasets"]["drywall-join"]
+    assert err["length_mae_px"] == pytest.approx(np.mean([abs(z["length_px"] - z["length_true_px"]) for z in sizes]))
+    assert err["true_length_px_mean"] > 0  # the synthetic cracks are measured as lines
+    assert "crack count MAE" in r.out
+    from drywall_core.release.model_card import render_card
+
+    card = render_card({"version": "v1", "metrics": {}}, m)
+    assert "Crack measurements, predicted against ground truth" in card and f"{err['length_mae_px']:.1f}" in card
 
 
 def test_predict_writes_binary_masks_at_original_size(cli, trained: Path, tmp_path: Path, synthetic_exports) -> None:
