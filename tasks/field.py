@@ -74,6 +74,7 @@ def predict_field_task(
         "out": out,
         "rows": outcome.run.frame.to_dict("records"),
         "images": {sha: str(p) for sha, p in outcome.images.items()},
+        "model_dir": str(champion["path"]),
     }
 
 
@@ -86,7 +87,8 @@ def label_queue_task(predicted: dict[str, Any], batch: str | None = None) -> dic
 
     run = fp.FieldRun(pd.DataFrame(predicted["rows"], columns=fp.COLUMNS), Path(predicted["out"]))
     photos = [fp.FieldImage(Path(p), Path(p).name, sha) for sha, p in predicted["images"].items()]
-    outcome = field.FieldOutcome(predicted["version"], predicted["prompts"], run, photos)
+    model_dir = Path(predicted["model_dir"]) if predicted.get("model_dir") else None
+    outcome = field.FieldOutcome(predicted["version"], predicted["prompts"], run, photos, model_dir=model_dir)
     return field.queue_field(flow_context(), outcome, batch).to_dict()
 
 
@@ -121,7 +123,7 @@ def drift_report_task(
     if current_features:
         features = d.FeatureTable(d.load_profile(Path(current_features["features"])), current_features["skipped"])
     model = ctx.inference_model(champion["path"]) if ctx.settings.drift_model_signals else None
-    payload = {"champion": champion["version"], "source": json.dumps(source)}
+    payload = {"champion": champion["version"], "source": json.dumps(source), "run": run_id}
     outcome = field.drift(
         ctx, Path(reference_profile), Path(current_dir), Path(out), model,
         workspace=ctx.settings.monitoring_target, event_payload=payload, current_features=features,

@@ -76,6 +76,11 @@ class LabelQueueConfig(BaseModel):
 
     per_run: int = Field(20, ge=0, description="Images queued per predict-field run and prompt (0 = off).")
     per_day: int = Field(100, ge=0, description="Images queued per Roboflow project per UTC day, across runs.")
+    diverse: bool = Field(True, description="Skip near-duplicates and spread a batch over the embedding space.")
+    max_similarity: float = Field(
+        0.95, gt=0, le=1, description="Image-embedding cosine similarity above which two photos are near-duplicates."
+    )
+    pool_factor: int = Field(3, ge=1, description="Diverse batches pick among this many x the batch most uncertain.")
 
 
 class MeasureConfig(BaseModel):
@@ -213,6 +218,20 @@ class Settings(BaseSettings):
         description="The drift flow adds the champion's foreground fraction and confidence per prompt as features.",
     )
     drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted features that means drift.")
+    drift_decider: Literal["features", "embeddings", "either"] = Field(
+        default="features",
+        description="Which test decides drift_detected: image statistics, CLIP image embeddings, or either. "
+        "bench/drift_power.py chose the statistics (Bonferroni): 5% false alarms, every planted shift caught at "
+        "n=50; the embeddings are reported beside them (random weights here: re-run with real ones).",
+    )
+    drift_embedding_test: Literal["pca-ks", "mmd", "classifier", "distance", "ratio"] = Field(
+        default="pca-ks", description="Evidently's embeddings-drift method for the image embeddings."
+    )
+    drift_feature_rule: Literal["bonferroni", "share"] = Field(
+        default="bonferroni",
+        description="Image statistics drift when any column drifts at p < 0.05/columns (bonferroni), or when "
+        "DRYWALL_DRIFT_SHARE of them drift at p < 0.05 (share).",
+    )
     field_images_prefix: str = Field(
         default="field-images/", description="Where field photos land in the bucket (drift, predictions, shadow)."
     )
@@ -275,6 +294,11 @@ class Settings(BaseSettings):
     @property
     def cache_root(self) -> Path:
         return self.home / "cache" / "activations"
+
+    @property
+    def embeddings_root(self) -> Path:
+        """Image embeddings by photo sha256, beside the activation cache (drywall_core.model.embeddings)."""
+        return self.home / "cache" / "embeddings"
 
     def roboflow_key(self) -> str | None:
         """The Roboflow API key from DRYWALL_ROBOFLOW_API_KEY or ROBOFLOW_API_KEY (never logged)."""

@@ -49,6 +49,8 @@ def label_queue(
         typer.echo(f"queued {e['image']}  uncertain {e['uncertain_share']:.3f}  image id {e['image_id']}")
     for name, why in report.failed:
         err(f"{name}: not queued ({why})")
+    if report.near_duplicates:
+        typer.echo(f"{len(report.near_duplicates)} near-duplicate(s) left out: {', '.join(report.near_duplicates)}")
     if report.over_limit:
         per_day = ctx.settings.label_queue.per_day
         err(f"{len(report.over_limit)} image(s) left for tomorrow: {per_day} per day reached")
@@ -120,5 +122,11 @@ def drift(
         f"drifted ({', '.join(sm['drifted_columns']) or 'none'}); {sm['n_reference']} reference vs "
         f"{sm['n_current']} current images, {len(sm['skipped'])} skipped -> {result.json_path}"
     )
+    emb = sm.get("embeddings")
+    if emb:
+        typer.echo(
+            f"image embeddings ({emb['method']}): score {emb['score']:.4g}, "
+            f"{'drifted' if emb['drift_detected'] else 'no drift'}; decided by {sm['decided_by']}"
+        )
     if result.detected:
         raise typer.Exit(1)  # a finding, already reported above, not an error

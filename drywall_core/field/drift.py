@@ -14,7 +14,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,21 @@ from drywall_core.base.errors import InputError
 from drywall_core.base.fsutil import atomic_open, atomic_write_text
 from drywall_core.base.procs import imap_processes
 from drywall_core.data.images import decode_rgb, displayed_size, open_rgb
+from drywall_core.field.embedding_drift import (
+    EMBEDDING_PREFIX,
+    EMBEDDINGS_NAME,
+    MIN_PHOTOS,
+    Decider,
+    EmbeddingTest,
+    FeatureRule,
+    column_threshold,
+    decide,
+    drift_method,
+    embedding_columns,
+    embedding_test,
+    features_drifted,
+    with_embeddings,
+)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 FEATURE_SIZE = 256  # texture features on a FEATURE_SIZE x FEATURE_SIZE copy
@@ -179,8 +194,28 @@ def add_model_signals(table: FeatureTable, loaded: Any, prompts: Sequence[str], 
         table.frame[f"confidence__{slug}"] = conf[prompt]
 
 
+def add_embeddings(table: FeatureTable, loaded: Any, store: Any = None, batch_size: int = 8) -> None:
+    """Each photo's CLIP image embedding as ``emb_<i>`` columns (in place); with ``store`` (an
+    :class:`~drywall_core.model.embeddings.EmbeddingStore`) a photo embedded before is read, not
+    encoded again."""
+    from drywall_core.base.fsutil import sha256_file
+    from drywall_core.model.runtime import image_embeddings
+
+    paths = [Path(p) for p in table.frame["path"]]
+    if store is not None:
+        vectors = store.embed(paths, [sha256_file(p) for p in paths], batch_size)
+    else:
+        parts = [
+            image_embeddings(loaded, [open_rgb(p) for p in paths[i : i + batch_size]])
+            for i in range(0, len(paths), batch_size)
+        ]
+        vectors = np.concatenate(parts) if parts else np.zeros((0, loaded.model.config.vision_config.hidden_size))
+    table.frame = with_embeddings(table.frame, vectors)
+
+
 def feature_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c != "path"]
+    """The columns tested one by one: image statistics and model signals (not the embeddings)."""
+    return [c for c in frame.columns if c != "path" and not str(c).startswith(EMBEDDING_PREFIX)]
 
 
 def save_profile(frame: pd.DataFrame, path: Path) -> None:
@@ -199,12 +234,22 @@ def write_reference_profile(
     progress: bool = False,
     model: Any = None,
     prompts: Sequence[str] = (),
+    embedding_precision: str | None = None,
 ) -> int:
     """Features of the training images, stored with the model version as the drift reference; with
-    ``model``, its signals per prompt too, so that drift compares them against field photos."""
+    ``model``, its signals per prompt too, so that drift compares them against field photos; with
+    ``embedding_precision`` too, their image embeddings as prediction computes them (``int8`` on a
+    CPU: a quantized copy of the model, since the embeddings of two precisions differ by about half
+    the spread between two samples of photos)."""
     table = extract_features(images, workers=workers, progress=progress)
     if model is not None and prompts:
         add_model_signals(table, model, prompts)
+    if model is not None and embedding_precision:
+        import copy
+
+        from drywall_core.model.runtime import for_inference
+
+        add_embeddings(table, for_inference(copy.deepcopy(model), embedding_precision))
     save_profile(table.frame, path)
     return len(table.frame)
 
@@ -226,14 +271,24 @@ def load_profile(path: Path) -> pd.DataFrame:
 
 # features an inspector reads at a glance (exposure, contrast, colour, focus, texture): their mean
 # per run is in every drift snapshot, so the monitoring dashboard plots them over time
+TSNE_MIN_PHOTOS = 31
 MAIN_FEATURES = ("brightness_mean", "contrast_rms", "saturation_mean", "sharpness_laplacian_var", "edge_density")
 
 
-def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: float = 0.5) -> tuple[Any, dict]:
-    """Evidently ``DataDriftPreset`` over the shared feature columns, and the mean of the main
-    features of the current images; returns (snapshot, summary)."""
-    from evidently import Report
-    from evidently.metrics import MeanValue
+def drift_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    drift_share: float = 0.5,
+    decider: Decider = "features",
+    embedding_test_name: EmbeddingTest = "mmd",
+    metadata: dict[str, str] | None = None,
+    feature_rule: FeatureRule = "share",
+) -> tuple[Any, dict]:
+    """Evidently ``DataDriftPreset`` over the shared feature columns, the mean of the main features
+    of the current images, and, where both sides carry image embeddings, Evidently's embeddings
+    drift; ``decider`` says which test gives ``drift_detected``. Returns (snapshot, summary)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import EmbeddingsDrift, MeanValue
     from evidently.presets import DataDriftPreset
 
     cols = [c for c in feature_columns(reference) if c in current.columns]
@@ -241,11 +296,32 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: fl
         raise InputError(
             f"need at least 2 readable images on each side (reference {len(reference)}, current {len(current)})"
         )
+    emb = [c for c in embedding_columns(reference) if c in current.columns]
+    compared = bool(emb) and min(len(reference), len(current)) >= MIN_PHOTOS
+    emb_result = (
+        embedding_test(reference[emb].to_numpy(), current[emb].to_numpy(), embedding_test_name) if compared else None
+    )
+    # Evidently's embeddings widget draws a t-SNE (perplexity 30) of both sides: it needs more photos
+    plotted = compared and len(reference) + len(current) > TSNE_MIN_PHOTOS
+    definition = DataDefinition(numerical_columns=cols, embeddings={EMBEDDINGS_NAME: emb} if plotted else None)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # constant columns (fixed image size) in correlations
         means = [MeanValue(column=c) for c in MAIN_FEATURES if c in cols]
-        snapshot = Report([DataDriftPreset(drift_share=drift_share), *means], include_tests=True, tags=["drift"]).run(
-            current_data=current[cols].reset_index(drop=True), reference_data=reference[cols].reset_index(drop=True)
+        method = drift_method(embedding_test_name, len(reference))
+        extra = [EmbeddingsDrift(embeddings_name=EMBEDDINGS_NAME, drift_method=method)]
+        keep = cols + (emb if plotted else [])
+        snapshot = Report(
+            [
+                DataDriftPreset(drift_share=drift_share, threshold=column_threshold(feature_rule, len(cols))),
+                *means,
+                *(extra if plotted else []),
+            ],
+            include_tests=True,
+            tags=["drift"],
+            metadata=metadata or {},  # model version and run, as field-prediction snapshots carry
+        ).run(
+            current_data=Dataset.from_pandas(current[keep].reset_index(drop=True), data_definition=definition),
+            reference_data=Dataset.from_pandas(reference[keep].reset_index(drop=True), data_definition=definition),
         )
     body = snapshot.dict()
     count = next(m for m in body["metrics"] if str(m.get("metric_name", "")).startswith("DriftedColumnsCount"))
@@ -257,8 +333,14 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, drift_share: fl
     tests = {t.get("name"): str(t.get("status")).rsplit(".", 1)[-1] for t in body.get("tests", [])}
     drifted = sorted(n for n in columns if tests.get(f"Value Drift for column {n}") == "FAIL")
     share = float(count["value"]["share"])
+    by_features = features_drifted(feature_rule, share, int(count["value"]["count"]), drift_share)
+    verdict, decided_by = decide(decider, by_features, emb_result)
     summary = {
-        "drift_detected": share >= drift_share,
+        "drift_detected": verdict,
+        "decided_by": decided_by,
+        "features_drift_detected": by_features,
+        "feature_rule": feature_rule,
+        "embeddings": asdict(emb_result) if emb_result else None,
         "drifted_share": share,
         "drift_share_threshold": drift_share,
         "drifted_columns": drifted,
@@ -283,11 +365,17 @@ def run_drift(
     n_reference: int | None = None,
     reference_skipped: list[dict] | None = None,
     notes: dict[str, Any] | None = None,
+    decider: Decider = "features",
+    embedding_test_name: EmbeddingTest = "mmd",
+    metadata: dict[str, str] | None = None,
+    feature_rule: FeatureRule = "share",
 ) -> DriftResult:
     """Write ``drift.json`` (with ``notes``, e.g. whether model signals were compared) and ``drift.html``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    snapshot, summary = drift_report(reference, current.frame, drift_share)
+    snapshot, summary = drift_report(
+        reference, current.frame, drift_share, decider, embedding_test_name, metadata, feature_rule
+    )
     summary = {
         **summary,
         "n_reference": int(n_reference if n_reference is not None else len(reference)),

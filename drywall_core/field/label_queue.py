@@ -12,6 +12,7 @@ reported per image, and the API key never appears in a message.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import shutil
@@ -153,6 +154,7 @@ class QueueItem:
     uncertain_share: float
     mean_entropy: float
     model_version: str
+    embedding: np.ndarray | None = field(default=None, repr=False)  # the photo's image embedding
     n_cracks: int | None = None  # crack prompts: the predicted mask's measurements
     total_length_px: float | None = None
     max_width_px: float | None = None
@@ -165,6 +167,7 @@ class QueueReport:
     already: list[str] = field(default_factory=list)  # image names queued before (by content)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image name, reason)
     over_limit: list[str] = field(default_factory=list)  # picked but past the per-day limit
+    near_duplicates: list[str] = field(default_factory=list)  # uncertain, but like a photo picked/queued/trained on
 
 
 def record_key(workspace: str, project: str, sha256: str) -> str:
@@ -194,6 +197,25 @@ def queued_shas(store: ArtifactStore, workspace: str, project: str) -> set[str]:
             if json.loads(store.get_bytes(key)).get("annotated"):
                 out.add(Path(key).stem)
     return out
+
+
+def embedding_key(workspace: str, project: str, sha256: str) -> str:
+    return f"{QUEUE}/{workspace}/{project}/embeddings/{sha256}.npy"
+
+
+def queued_embeddings(store: ArtifactStore, workspace: str, project: str) -> np.ndarray | None:
+    """Image embeddings of the photos queued in this project (stored as each was queued)."""
+    vectors = []
+    for key in store.list(f"{QUEUE}/{workspace}/{project}/embeddings/"):
+        with contextlib.suppress(NotFound, ValueError, OSError):
+            vectors.append(np.load(io.BytesIO(store.get_bytes(key)), allow_pickle=False))
+    return np.stack(vectors) if vectors else None
+
+
+def _npy(vector: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
 
 
 def queued_on(store: ArtifactStore, workspace: str, project: str, day: str) -> int:
@@ -339,6 +361,8 @@ def queue_for_labelling(
                 )
                 record = {**record, "annotated": True, "regions": len(coco["annotations"])}
                 store.put_bytes(key, json.dumps(record, indent=2).encode())
+                if item.embedding is not None:  # later batches skip its near-duplicates
+                    store.put_bytes(embedding_key(workspace, project, item.sha256), _npy(item.embedding))
                 store.put_bytes(annotated_prefix(workspace, project) + item.sha256, b"")
                 report.queued.append(record)
             except (LabelQueueError, InputError, OSError) as exc:
@@ -356,13 +380,46 @@ def select(
     prompt: str,
     k: int,
     challenger: Any = None,
-) -> tuple[list[QueueItem], int]:
+    diverse: Diversity | None = None,
+) -> Selection:
     """The ``k`` most uncertain photos for ``prompt`` not yet queued in this project (ties broken by
-    disagreement with ``challenger``, a loaded model, when given), and how many were queued before."""
+    disagreement with ``challenger``, a loaded model, when given), and how many were queued before.
+    With ``diverse``: no near-duplicates of each other, of queued or of training photos, spread over
+    the embedding space (:mod:`drywall_core.field.diversity`)."""
+    from drywall_core.field.diversity import diverse_order
+
     split = disagreement(challenger, frame, images, masks_root, prompt) if challenger is not None else None
     exclude = queued_shas(store, workspace, project)
-    picks = pick(frame, prompt, k, exclude=exclude, disagreement=split)
-    return items_from(picks, images, masks_root), len(exclude)
+    pool = k * diverse.pool_factor if diverse is not None else k
+    picks = pick(frame, prompt, pool, exclude=exclude, disagreement=split)
+    if diverse is None or picks.empty:
+        return Selection(items_from(picks, images, masks_root), len(exclude))
+    vectors = diverse.embed([images[sha] for sha in picks["sha256"]], list(picks["sha256"]))
+    known = [v for v in (queued_embeddings(store, workspace, project), diverse.trained) if v is not None and len(v)]
+    order, skipped = diverse_order(vectors, k, np.concatenate(known) if known else None, diverse.max_similarity)
+    items = items_from(picks.iloc[order], images, masks_root)
+    for item, i in zip(items, order, strict=True):
+        item.embedding = vectors[i]
+    dupes = [(str(picks.iloc[x.index]["image"]), x.of, round(x.similarity, 4)) for x in skipped]
+    return Selection(items, len(exclude), dupes)
+
+
+@dataclass
+class Diversity:
+    """How batches are spread: the photo embeddings (paths, sha256s -> vectors), the training
+    photos' embeddings, the similarity that makes a near-duplicate, the candidate pool size."""
+
+    embed: Any  # Callable[[list[Path], list[str]], np.ndarray]
+    trained: np.ndarray | None = None
+    max_similarity: float = 0.95
+    pool_factor: int = 3
+
+
+@dataclass
+class Selection:
+    items: list[QueueItem]
+    before: int  # photos queued in this project before
+    near_duplicates: list[tuple[str, str, float]] = field(default_factory=list)  # (image, of what, cosine)
 
 
 def items_from(picks: pd.DataFrame, images: dict[str, Path], masks_root: Path) -> list[QueueItem]:

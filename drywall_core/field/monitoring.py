@@ -22,8 +22,10 @@ import pandas as pd
 
 from drywall_core.base.config import get_settings
 from drywall_core.field.drift import MAIN_FEATURES
+from drywall_core.field.embedding_drift import EMBEDDINGS_NAME
 
 SIGNALS = ("fg_fraction", "mean_confidence", "uncertain_share")
+MEASURES = ("n_cracks", "total_length_px")  # crack prompts' measurements, per photo
 TAG_DRIFT, TAG_FIELD, TAG_EVAL, TAG_SHADOW = "drift", "field-predictions", "evaluation", "live-shadow"
 
 
@@ -69,7 +71,21 @@ def _panels(prompts: Sequence[str]) -> list[Any]:
             size="half",
         ),
         line_plot_panel(
-            "Sharpness (variance of the Laplacian)", [mean("sharpness_laplacian_var", "sharpness", TAG_DRIFT)], "half"
+            "Sharpness (variance of the Laplacian)",
+            [mean("sharpness_laplacian_var", "sharpness", TAG_DRIFT)],
+            size="half",
+        ),
+        line_plot_panel(
+            "Image-embedding drift score (Evidently embeddings drift)",
+            [
+                PanelMetric(
+                    legend="embedding drift",
+                    metric="EmbeddingsDrift",
+                    metric_labels={"embeddings_name": EMBEDDINGS_NAME},
+                    tags=[TAG_DRIFT],
+                )
+            ],
+            size="half",
         ),
     ]
     for signal, title in (
@@ -77,14 +93,24 @@ def _panels(prompts: Sequence[str]) -> list[Any]:
         ("mean_confidence", "Mean confidence per prompt"),
         ("uncertain_share", "Uncertain pixel share per prompt (p in [0.3, 0.7])"),
     ):
-        panels.append(line_plot_panel(title, [mean(f"{signal}__{slug(p)}", p, TAG_FIELD) for p in prompts], "half"))
+        panels.append(
+            line_plot_panel(title, [mean(f"{signal}__{slug(p)}", p, TAG_FIELD) for p in prompts], size="half")
+        )
+    for measure, title in (("n_cracks", "Cracks per photo"), ("total_length_px", "Crack length per photo (px)")):
+        panels.append(
+            line_plot_panel(title, [mean(f"{measure}__{slug(p)}", p, TAG_FIELD) for p in prompts], size="half")
+        )
     panels += [
-        line_plot_panel("Champion mIoU per prompt", [mean(f"iou__{slug(p)}", p, TAG_EVAL) for p in prompts], "half"),
-        line_plot_panel("Champion Dice per prompt", [mean(f"dice__{slug(p)}", p, TAG_EVAL) for p in prompts], "half"),
+        line_plot_panel(
+            "Champion mIoU per prompt", [mean(f"iou__{slug(p)}", p, TAG_EVAL) for p in prompts], size="half"
+        ),
+        line_plot_panel(
+            "Champion Dice per prompt", [mean(f"dice__{slug(p)}", p, TAG_EVAL) for p in prompts], size="half"
+        ),
         line_plot_panel(
             "Live traffic: challenger agreement with the champion (mask IoU) per prompt",
             [mean(f"agreement__{slug(p)}", p, TAG_SHADOW) for p in prompts],
-            "half",
+            size="half",
         ),
     ]
     return panels
@@ -141,7 +167,8 @@ def record_drift(where: str, model: str, prompts: Sequence[str], snapshot: Any) 
 
 def record_field(where: str, model: str, prompts: Sequence[str], summary: pd.DataFrame, meta: dict) -> str:
     """A field-prediction run: per prompt, the mean foreground fraction, confidence and uncertain share."""
-    wide = summary.pivot_table(index="sha256", columns="prompt", values=list(SIGNALS), aggfunc="mean")
+    values = list(SIGNALS) + [m for m in MEASURES if m in summary.columns and summary[m].notna().any()]
+    wide = summary.pivot_table(index="sha256", columns="prompt", values=values, aggfunc="mean")
     wide.columns = [f"{signal}__{slug(prompt)}" for signal, prompt in wide.columns]
     return _add(where, model, prompts, _mean_report(wide, [TAG_FIELD], meta))
 

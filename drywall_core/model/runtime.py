@@ -149,6 +149,33 @@ def probabilities_each(
     return out
 
 
+@torch.no_grad()
+def image_embeddings(loaded: LoadedModel, images: Sequence[Image.Image], batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """The vision tower's pooled output per image, (N, hidden) float32: the frozen CLIP image
+    representation that drift, near-duplicate detection and batch diversity compare. The whole tower
+    runs (the masks need only the layers up to the last extract layer)."""
+    out = []
+    for start in range(0, len(images), max(batch_size, 1)):
+        pv = pixel_values(loaded, list(images[start : start + batch_size])).to(device_of(loaded))
+        out.append(pooled_images(loaded.model, pv, parallel_images(loaded)).float().cpu().numpy())
+    hidden = loaded.model.config.vision_config.hidden_size
+    return np.concatenate(out) if out else np.zeros((0, hidden), np.float32)
+
+
+def pooled_images(model: Any, pixel_values: torch.Tensor, parallel: bool = False) -> torch.Tensor:
+    """(B, hidden) pooled outputs; on a CPU one chunk per torch thread, as :func:`encode_images`."""
+
+    def run(chunk: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model.clip.vision_model(pixel_values=chunk, interpolate_pos_encoding=True).pooler_output
+
+    workers = min(torch.get_num_threads(), len(pixel_values))
+    if not parallel or workers < 2 or pixel_values.device.type != "cpu":
+        return run(pixel_values)
+    with _single_threaded_kernels():
+        return torch.cat(list(_pool(workers).map(run, pixel_values.tensor_split(workers))))
+
+
 def probabilities_for(loaded: LoadedModel, images: Sequence[Image.Image], prompt: str) -> list[np.ndarray]:
     """The maps of one prompt, one per image (:func:`probabilities` for a single prompt)."""
     return [maps[prompt] for maps in probabilities(loaded, images, [prompt])]

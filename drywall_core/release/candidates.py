@@ -62,6 +62,7 @@ def train_candidate(
     progress: bool = False,
     on_epoch_end: Callable[[dict], None] | None = None,
     on_cache: Callable[[int, int], None] | None = None,
+    embedding_precision: str | None = "int8",
 ) -> dict[str, Any]:
     """Train on ``snapshots`` and stage the candidate; resumes from a checkpoint already staged."""
     work = Path(work)
@@ -94,6 +95,7 @@ def train_candidate(
         progress=progress,
         on_epoch_end=epoch_end,
         on_cache=on_cache,
+        embedding_precision=embedding_precision,
     )
     model_dir = Path(paths["artifact"])
     for f in sorted(model_dir.iterdir()):
@@ -123,9 +125,11 @@ def package_candidate(
     result: TrainResult,
     out_dir: Path,
     progress: bool = True,
+    embedding_precision: str | None = "int8",
 ) -> dict[str, Any]:
     """After training: evaluate on the held-out sources, write the reports, the drift reference
-    profile (features of the training images) and the artifact. Returns the paths and metrics."""
+    profile (features, model signals and image embeddings of the training images, the embeddings
+    at the precision prediction runs: ``embedding_precision``) and the artifact."""
     from drywall_core.field.drift import PROFILE_FILE, write_reference_profile
     from drywall_core.model.evaluate import evaluate, write_reports
 
@@ -136,7 +140,7 @@ def package_candidate(
     reports = write_reports(loaded, val, specs, metrics, out_dir / "eval")
     write_reference_profile(  # with the model's own signals: drift compares them on field photos
         [x.image for x in samples if x.side == "train"], out_dir / "model" / PROFILE_FILE, progress=progress,
-        model=loaded, prompts=[spec.prompt for spec in specs.values()],
+        model=loaded, prompts=[spec.prompt for spec in specs.values()], embedding_precision=embedding_precision,
     )  # fmt: skip
     write_artifact(loaded, out_dir / "model", result.summary, metrics)
     return {
@@ -169,6 +173,7 @@ def fit_candidate(
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
     on_cache: Callable[[int, int], None] | None = None,
+    embedding_precision: str | None = "int8",
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Fit, evaluate and write the candidate artifact: the one composition both training routes
     (``drywall train`` and the train flow) run. Returns the training result and the paths/metrics.
@@ -178,7 +183,7 @@ def fit_candidate(
     snapshot, so both routes train the same candidate from the same data."""
     samples = canonical_order(samples)
     result = train(loaded, samples, specs, cfg, out_dir, cache_root, resume, progress, on_epoch_end, on_cache)
-    return result, package_candidate(loaded, samples, specs, result, out_dir, progress=progress)
+    return result, package_candidate(loaded, samples, specs, result, out_dir, progress, embedding_precision)
 
 
 def candidate_staged(store: ArtifactStore, staging: str) -> bool:

@@ -52,6 +52,29 @@ def _signal_note(reference: pd.DataFrame, prompts: Sequence[str]) -> str:
     return "not compared: the reference has no model signals for " + ", ".join(f"'{p}'" for p in missing)
 
 
+def embedding_store(ctx: Context, model: Any) -> Any:
+    """The photo embeddings of this model's backbone, stored by sha256 under the home's cache."""
+    from drywall_core.model.embeddings import EmbeddingStore
+
+    return EmbeddingStore(ctx.settings.embeddings_root, model)
+
+
+def _snapshot_metadata(model: Any, payload: dict[str, Any]) -> dict[str, str]:
+    """What a drift snapshot says of itself on the dashboard: the model version and the run."""
+    version = payload.get("champion") or (model.manifest.get("version") if model is not None else None)
+    return {"model_version": str(version or "none"), "run": str(payload.get("run", "local"))}
+
+
+def _embedding_note(reference: pd.DataFrame, current: pd.DataFrame) -> str:
+    from drywall_core.field.embedding_drift import embedding_columns
+
+    if not embedding_columns(reference):
+        return "not compared: the reference has no image embeddings"
+    if not embedding_columns(current):
+        return "not compared: no model to embed the current images"
+    return "on"
+
+
 def drift(
     ctx: Context,
     reference: Path,
@@ -74,6 +97,7 @@ def drift(
     warning (the report is stored already). ``current_features``: a feature table a fan-out stage
     computed already."""
     from drywall_core.field import drift as d
+    from drywall_core.field.embedding_drift import embedding_columns
     from drywall_core.field.monitoring import record_drift
 
     s = ctx.settings
@@ -88,6 +112,7 @@ def drift(
         ref_table = d.extract_features(d.find_images(Path(reference)), max_pixels=s.max_image_pixels, progress=False)
         if model is not None:
             d.add_model_signals(ref_table, model, prompts)
+            d.add_embeddings(ref_table, model, embedding_store(ctx, model))
         ref_frame, ref_skipped = ref_table.frame, ref_table.skipped
     if current_features is None:
         ctx.reporter.info(f"drift: features of the current images under {current}")
@@ -101,11 +126,20 @@ def drift(
         signals = _signal_note(ref_frame, prompts)
         if signals != "on":
             ctx.reporter.warn(f"drift model signals {signals}")
+        if embedding_columns(ref_frame):
+            ctx.reporter.info(f"drift: image embeddings of {len(current_features.frame)} images")
+            d.add_embeddings(current_features, model, embedding_store(ctx, model))
+    embeddings = _embedding_note(ref_frame, current_features.frame)
+    if embeddings != "on" and s.drift_decider != "features":
+        ctx.reporter.warn(f"drift embeddings {embeddings}: image statistics decide")
     for item in current_features.skipped:
         ctx.reporter.warn(f"{item['path']}: skipped ({item['reason']})")
     result = d.run_drift(
-        ref_frame, current_features, Path(out), share, reference_skipped=ref_skipped, notes={"model_signals": signals}
-    )
+        ref_frame, current_features, Path(out), share, reference_skipped=ref_skipped,
+        notes={"model_signals": signals, "embeddings_compared": embeddings},
+        decider=s.drift_decider, embedding_test_name=s.drift_embedding_test,
+        metadata=_snapshot_metadata(model, event_payload or {}), feature_rule=s.drift_feature_rule,
+    )  # fmt: skip
     summary = result.summary
     outcome = DriftOutcome(summary, result.json_path, result.html_path, signals)
     if workspace:
@@ -125,6 +159,8 @@ def drift(
             {
                 "drifted_share": summary["drifted_share"],
                 "drifted_columns": summary["drifted_columns"],
+                "decided_by": summary["decided_by"],
+                "embedding_score": (summary["embeddings"] or {}).get("score"),
                 "n_current": summary["n_current"],
                 **(event_payload or {}),
             },
@@ -142,9 +178,17 @@ def _drift_table(ctx: Context, sm: dict[str, Any]) -> None:
         "drift-summary",
         f"**{verdict}**: {sm['drifted_share']:.0%} of features drifted (threshold {sm['drift_share_threshold']:.0%});"
         f" {sm['n_reference']} reference vs {sm['n_current']} current images, {len(sm['skipped'])} skipped"
-        f" (model signals: {md(sm['model_signals'])})\n\n"
+        f" (model signals: {md(sm['model_signals'])}); decided by {md(sm['decided_by'])}{_embedding_line(sm)}\n\n"
         f"| feature | test | score (p-value) | drifted |\n|---|---|---|---|\n{rows}",
     )
+
+
+def _embedding_line(sm: dict[str, Any]) -> str:
+    emb = sm.get("embeddings")
+    if not emb:
+        return ""
+    verdict = "drifted" if emb["drift_detected"] else "no drift"
+    return f"\n\nImage embeddings ({md(emb['method'])}): score {emb['score']:.4g}, {verdict}."
 
 
 # -- field predictions ------------------------------------------------------------------------
@@ -157,6 +201,7 @@ class FieldOutcome:
     run: Any  # drywall_core.field.predictions.FieldRun: this run's rows, masks folder, skipped, already
     photos: list[Any]  # FieldImage: every photo looked at
     published: dict[str, Any] = field(default_factory=dict)
+    model_dir: Path | None = None  # the version's folder: its embeddings spread the label queue's batches
 
     @property
     def predicted(self) -> int:
@@ -205,7 +250,7 @@ def predict_field(
         lines=lines,
         min_area_px=ctx.settings.measure.min_area_px,
     )
-    outcome = FieldOutcome(version, prompts, result, photos)
+    outcome = FieldOutcome(version, prompts, result, photos, model_dir=Path(model_dir))
     ctx.reporter.progress("field-predictions-progress", outcome.predicted, max(outcome.predicted, 1), "done")
     if len(result.frame):
         outcome.published = fp.publish_predictions(ctx.store, version, result)
@@ -251,6 +296,25 @@ def crack_cells(row: Any) -> dict[str, Any]:
     return {"cracks": int(n), "length px": round(row.total_length_px, 1), "max width px": round(row.max_width_px, 1)}
 
 
+def diversity_for(ctx: Context, loaded: Any, model_dir: Path) -> Any:
+    """How the label queue spreads a batch (None when ``DRYWALL_LABEL_QUEUE__DIVERSE`` is off): the
+    photos' embeddings from the store, the training photos' from the version's reference profile."""
+    from drywall_core.field import label_queue as lq
+    from drywall_core.field.drift import PROFILE_FILE
+    from drywall_core.field.embedding_drift import embedding_columns
+
+    cfg = ctx.settings.label_queue
+    if not cfg.diverse:
+        return None
+    trained = None
+    profile = Path(model_dir) / PROFILE_FILE
+    if profile.is_file():
+        frame = pd.read_parquet(profile)
+        cols = embedding_columns(frame)
+        trained = frame[cols].to_numpy() if cols else None
+    return lq.Diversity(embedding_store(ctx, loaded).embed, trained, cfg.max_similarity, cfg.pool_factor)
+
+
 # -- the label queue --------------------------------------------------------------------------
 
 
@@ -279,6 +343,7 @@ def queue_project(
     top: int | None = None,
     challenger: Any = None,
     dry_run: Path | None = None,
+    diverse: Any = None,
 ) -> ProjectQueue:
     """Pick the ``top`` most uncertain new photos for ``prompt`` (ties broken by disagreement with a
     ``challenger``), then upload them with their masks as pre-annotations (per-day limit), or
@@ -286,18 +351,24 @@ def queue_project(
     from drywall_core.field import label_queue as lq
 
     k = ctx.settings.label_queue.per_run if top is None else top
-    items, before = lq.select(ctx.store, frame, images, masks_root, workspace, project, prompt, k, challenger)
+    chosen = lq.select(ctx.store, frame, images, masks_root, workspace, project, prompt, k, challenger, diverse)
+    items, before = chosen.items, chosen.before
+    for name, of, sim in chosen.near_duplicates:
+        what = "a photo already queued or trained on" if of == "known" else "a photo in this batch"
+        ctx.reporter.info(f"label queue: {name} skipped, a near-duplicate of {what} (cosine {sim:.3f})")
     if dry_run is not None:  # the whole folder appears at once, or not at all
         from drywall_core.base.fsutil import naming_full_disk
         from drywall_core.data.sources.atomic import staged_dir
 
         with staged_dir(dry_run, "label-queue") as staged, naming_full_disk(dry_run):
             report = lq.write_dry_run(items, label, batch, staged)
+        report.near_duplicates = [name for name, _, _ in chosen.near_duplicates]
         return ProjectQueue(workspace, project, prompt, report, len(items), before)
     report = lq.queue_for_labelling(
         ctx.store, ctx.roboflow_client(workspace, project), items, workspace, project, label, batch,
         ctx.settings.label_queue.per_day, retries=ctx.settings.pull_retries, backoff_s=ctx.settings.pull_backoff_s,
     )  # fmt: skip
+    report.near_duplicates = [name for name, _, _ in chosen.near_duplicates]
     return ProjectQueue(workspace, project, prompt, report, len(items), before)
 
 
@@ -351,7 +422,7 @@ def label_queue_for(
         images = {p.sha256: p.path for p in photos}
         return queue_project(
             ctx, run.frame, images, Path(tmp), workspace, project, prompt, label, batch or lq.default_batch(),
-            top, other, dry_run,
+            top, other, dry_run, diversity_for(ctx, loaded, Path(path)),
         )  # fmt: skip
 
 
@@ -371,6 +442,7 @@ class FieldQueue:
                     "queued": [e["image"] for e in q.report.queued],
                     "already": q.report.already,
                     "over_limit": q.report.over_limit,
+                    "near_duplicates": q.report.near_duplicates,
                     "failed": q.report.failed,
                 }
                 for q in self.projects
@@ -407,6 +479,9 @@ def queue_field(ctx: Context, predicted: FieldOutcome, batch: str | None = None)
         return FieldQueue(batch, skipped=why)
     frame, masks = predicted.run.frame, Path(predicted.run.out)
     challenger = challenger_after(ctx, predicted.version, masks.parent / "challenger")
+    diverse = None
+    if predicted.model_dir is not None:
+        diverse = diversity_for(ctx, ctx.inference_model(predicted.model_dir), predicted.model_dir)
     done = FieldQueue(batch)
     for spec in ctx.datasets.datasets.values():
         if spec.roboflow is None or spec.prompt not in set(frame["prompt"]):
@@ -414,7 +489,7 @@ def queue_field(ctx: Context, predicted: FieldOutcome, batch: str | None = None)
         ws, proj = spec.roboflow.workspace, spec.roboflow.project
         done.projects.append(
             queue_project(ctx, frame, predicted.images, masks, ws, proj, spec.prompt, spec.class_name, batch,
-                          challenger=challenger)
+                          challenger=challenger, diverse=diverse)
         )  # fmt: skip
     for q in done.projects:
         for name, reason in q.report.failed:

@@ -126,7 +126,7 @@ def train_run(
     loaded = load_model(ctx.model_path(base_model or ctx.settings.base_model))
     result, paths = fit_candidate(
         loaded, samples, specs, cfg, out, ctx.settings.cache_root, resume, True, epoch_reporter(ctx, cfg),
-        cache_reporter(ctx),
+        cache_reporter(ctx), ctx.settings.inference_precision,
     )  # fmt: skip
     return TrainedRun(Path(out), paths["overall"], result.best_epoch, result.epochs_run, result.best_val_miou)
 
@@ -144,6 +144,7 @@ def train_staged(
     candidate = train_candidate(
         ctx.store, snapshots, loaded, cfg, staging, Path(work), s.home, s.cache_root,
         on_epoch_end=epoch_reporter(ctx, cfg), on_cache=cache_reporter(ctx),
+        embedding_precision=s.inference_precision,
     )  # fmt: skip
     best = candidate["summary"]["best_epoch"]
     ctx.reporter.progress(PROGRESS_KEY, cfg.epochs, cfg.epochs, f"done: best epoch {best}")

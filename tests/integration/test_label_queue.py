@@ -44,6 +44,7 @@ def _queue(fake: FakeRoboflow, model: Path, images: Path, home: Path, *extra: st
         "DRYWALL_ROBOFLOW_API_KEY": API_KEY,
         "DRYWALL_PULL_RETRIES": "2",
         "DRYWALL_PULL_BACKOFF_S": "0.05",
+        "DRYWALL_LABEL_QUEUE__DIVERSE": "false",  # the ranking by uncertainty alone; diversity is tested below
         **env_extra,
     }
     cmd = [str(DRYWALL), "label-queue", "--model", str(model), "--images", str(images)]
@@ -120,3 +121,46 @@ def test_label_queue_uploads_uncertain_images_with_prediction_polygons(
         assert "left for tomorrow" in second.stderr
         for out in (dry, down, first, second):
             assert API_KEY not in out.stdout + out.stderr
+
+
+def test_batches_hold_no_near_duplicates_of_each_other_or_of_queued_photos(
+    tiny_model_dir: Path, cracks_export: Path, tmp_path: Path
+) -> None:
+    """Field photos with planted near-duplicates (the same pixels under another file: saved as PNG,
+    and with other metadata): a batch holds at most one of them, and a later batch none of a queued
+    photo's copies. (Crops and recompressions need a trained encoder to look alike; the tiny random
+    model's embeddings do not see them as copies: bench/label_diversity.py is the one-liner.)"""
+    from PIL import Image
+
+    folder = tmp_path / "field"
+    folder.mkdir()
+    by_source: dict[str, Path] = {}
+    for p in sorted((cracks_export / "valid").glob("*.jpg")):
+        by_source.setdefault(p.name.split(".rf.")[0], p)  # one photo per source photo
+    distinct = list(by_source.values())[:6]
+    for p in distinct:
+        shutil.copyfile(p, folder / p.name)
+    original = Image.open(distinct[0])
+    original.save(folder / "copy-as.png")
+    data, note = distinct[0].read_bytes(), b"re-uploaded from the site tablet"
+    comment = b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note  # a JPEG comment: other bytes, same pixels
+    (folder / "copy-meta.jpg").write_bytes(data[:2] + comment + data[2:])
+    copies = {"copy-as.png": None, "copy-meta.jpg": None}
+    group = {distinct[0].name, *copies}
+    with FakeRoboflow(WS, PROJECT, 1, b"", API_KEY) as fake:
+        # the tiny random model puts some distinct photos at cosine 0.95; copies of the same pixels at 1.0
+        on = {"DRYWALL_LABEL_QUEUE__DIVERSE": "true", "DRYWALL_LABEL_QUEUE__MAX_SIMILARITY": "0.999"}
+        dry = _queue(fake, tiny_model_dir, folder, tmp_path / "home", "--top", "5", "--dry-run", tmp_path / "dry", **on)
+        assert dry.returncode == 0, dry.stderr
+        picked = [e["image"] for e in json.loads((tmp_path / "dry" / "queue.json").read_text())["images"]]
+        assert len(picked) >= 3 and len(set(picked) & group) <= 1, picked
+        assert "near-duplicate of a photo in this batch" in dry.stderr
+
+        first = _queue(fake, tiny_model_dir, folder, tmp_path / "home", "--top", "6", **on)  # six walls
+        assert first.returncode == 0, first.stderr
+        queued = [u["name"] for u in fake.uploads]
+        assert len(queued) == 6 and len(set(queued) & group) == 1, queued
+        second = _queue(fake, tiny_model_dir, folder, tmp_path / "home", "--top", "5", **on)
+        assert second.returncode == 0, second.stderr
+        assert [u["name"] for u in fake.uploads] == queued, "only copies of queued walls were left"
+        assert "near-duplicate of a photo already queued or trained on" in second.stderr

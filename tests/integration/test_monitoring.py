@@ -89,21 +89,33 @@ def _series(url: str, project: str, metric: str, labels: dict, tag: str) -> list
 
 
 def test_runs_over_time_in_the_evidently_ui(
-    cli, evidently_ui: str, cracks_export: Path, drywall_export: Path, tmp_path: Path
+    cli, evidently_ui: str, cracks_export: Path, drywall_export: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    reference = _photos(cracks_export, tmp_path / "reference", 0)
-    shares = []
+    import json
+
+    reference = _photos(cracks_export, tmp_path / "reference", 0, 16)
+    shares, scores = [], []
     for i, current in enumerate(
-        [_photos(cracks_export, tmp_path / "day1", 6), _photos(drywall_export, tmp_path / "day2", 0)]
+        [_photos(cracks_export, tmp_path / "day1", 16, 16), _photos(drywall_export, tmp_path / "day2", 0, 16)]
     ):
         out = tmp_path / f"drift{i}"
-        r = cli("drift", "--reference", reference, "--current", current, "--out", out, "--workspace", evidently_ui)
+        args = ("--reference", reference, "--current", current, "--out", out, "--model", tiny_model_dir)
+        r = cli("drift", *args, "--workspace", evidently_ui)
         assert r.code in (0, 1) and "added to Evidently workspace" in r.err, r.err
-        shares.append(pd.read_json(out / "drift.json", typ="series")["drifted_share"])
+        body = json.loads((out / "drift.json").read_text())
+        shares.append(body["drifted_share"])
+        scores.append(body["embeddings"]["score"])
 
     summary = pd.DataFrame(
         [
-            {"sha256": f"s{i}", "prompt": p, "fg_fraction": 0.1 * i, "mean_confidence": 0.9, "uncertain_share": 0.05}
+            {
+                "sha256": f"s{i}",
+                "prompt": p,
+                "fg_fraction": 0.1 * i,
+                "mean_confidence": 0.9,
+                "uncertain_share": 0.05,
+                "n_cracks": float(i) if p == "segment crack" else float("nan"),
+            }
             for i in range(4)
             for p in PROMPTS
         ],
@@ -141,6 +153,16 @@ def test_runs_over_time_in_the_evidently_ui(
         "field-predictions",
     )
     assert fg == pytest.approx([0.15])
+    cracks = _series(
+        evidently_ui, project["id"], "evidently:metric_v2:MeanValue", {"column": "n_cracks__segment_crack"},
+        "field-predictions",
+    )  # fmt: skip
+    assert cracks == pytest.approx([1.5]), "a crack prompt's measurements are plotted per run"
+    emb = _series(
+        evidently_ui, project["id"], "evidently:metric_v2:EmbeddingsDrift", {"embeddings_name": "image_embedding"},
+        "drift",
+    )  # fmt: skip
+    assert emb == pytest.approx(scores), "the embedding drift score of each drift run, as drift.json says"
     miou = _series(
         evidently_ui, project["id"], "evidently:metric_v2:MeanValue", {"column": "iou__segment_crack"}, "evaluation"
     )
@@ -155,7 +177,16 @@ def test_runs_over_time_in_the_evidently_ui(
         "Share of drifted features",
         "Predicted foreground fraction per prompt",
         "Champion mIoU per prompt",
+        "Image-embedding drift score (Evidently embeddings drift)",
+        "Cracks per photo",
     } <= titles
+    panels = dashboard["panels"].values() if isinstance(dashboard["panels"], dict) else dashboard["panels"]
+    assert not [p["title"] for p in panels if p.get("description") == "half"], "a size passed as the subtitle"
+    assert {p.get("size") for p in panels if p["title"] != "drywall-qa: field images and model quality over time"} == {
+        "half"
+    }
+    for run in runs:  # every snapshot says which model version and run made it
+        assert "model_version" in (run.get("metadata") or {}), run
 
 
 def test_concurrent_first_runs_make_one_project_in_a_local_workspace(tmp_path: Path, monkeypatch) -> None:

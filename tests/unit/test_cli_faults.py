@@ -104,6 +104,11 @@ def _cases(tmp: Path, afile: Path, photo: Path, tiny: Path, export: Path) -> dic
             (["--reference", photo.parent, "--current", photo.parent, "--out", afile], 2, str(afile)),
             (["--reference", missing, "--current", photo.parent, "--out", tmp / "d2"], 2, str(missing)),
         ],
+        "measure": [
+            ([missing], 2, str(missing)),
+            ([afile], 2, str(afile)),
+            ([photo, "--px-per-mm", "-2"], 2, "--px-per-mm"),
+        ],
         "label-queue": [
             (["--model", tiny, "--images", missing, *queue, "--dry-run", tmp / "q"], 2, str(missing)),
             (["--model", tiny, "--images", photo.parent, *queue, "--dry-run", afile], 2, str(afile)),

@@ -122,3 +122,60 @@ def test_parquet_reference_profile_gives_the_folder_result(cli, drywall_export: 
     assert by_profile.code == by_folder.code, by_profile.err + by_folder.err
     assert a["n_reference"] == b["n_reference"] == 200 and a["n_current"] == 100
     assert a["drifted_columns"] == b["drifted_columns"] and a["drifted_share"] == b["drifted_share"]
+
+
+def test_embedding_drift_on_real_photos(cli, drywall_export, cracks_export, tiny_model_dir, tmp_path, monkeypatch):
+    """The reference profile carries the training photos' image embeddings; drift compares the field
+    photos' embeddings with Evidently's embeddings drift, names the test and its score, and the
+    setting says which test decides. Each photo is embedded once: a second run reads the store."""
+    from drywall_core.base.config import get_settings
+    from drywall_core.field.drift import write_reference_profile
+    from drywall_core.field.embedding_drift import embedding_columns
+    from drywall_core.model.load import load_model
+
+    profile = tmp_path / "reference_profile.parquet"
+    train = find_images(drywall_export / "train")[:40]
+    prompts = ["segment crack", "segment taping area"]
+    write_reference_profile(
+        train, profile, model=load_model(tiny_model_dir), prompts=prompts, embedding_precision="int8"
+    )
+    import pandas as pd
+
+    frame = pd.read_parquet(profile)
+    hidden = load_model(tiny_model_dir).model.config.vision_config.hidden_size
+    assert len(embedding_columns(frame)) == hidden and len(frame) == 40  # one column per dimension
+    cracks = tmp_path / "cracks"
+    cracks.mkdir()
+    for p in find_images(cracks_export)[:30]:
+        shutil.copy(p, cracks / p.name)
+
+    monkeypatch.setenv("DRYWALL_DRIFT_DECIDER", "embeddings")
+    args = ("--reference", profile, "--model", tiny_model_dir, "--current", cracks)
+    r = cli("drift", *args, "--out", tmp_path / "a")
+    body = json.loads((tmp_path / "a" / "drift.json").read_text())
+    emb = body["embeddings"]
+    assert emb["method"] == "pca-ks" and emb["drift_detected"] is True and emb["score"] > 0, emb
+    assert (emb["n_reference"], emb["n_current"]) == (40, 30) and body["embeddings_compared"] == "on"
+    assert body["drift_detected"] is True and body["decided_by"] == "embeddings (pca-ks)" and r.code == 1
+    assert "Drift in embeddings" in (tmp_path / "a" / "drift.html").read_text()
+    assert not any(c.startswith("emb_") for c in body["columns"]), "the embeddings are one test, not a column each"
+
+    store = get_settings().embeddings_root
+    stored = {p: p.stat().st_mtime_ns for p in store.rglob("*.npy")}
+    assert len(stored) == 30  # the current photos (the reference's came with the profile)
+    monkeypatch.setenv("DRYWALL_DRIFT_DECIDER", "features")
+    monkeypatch.setenv("DRYWALL_DRIFT_EMBEDDING_TEST", "classifier")
+    r = cli("drift", *args, "--out", tmp_path / "b")
+    again = json.loads((tmp_path / "b" / "drift.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*.npy")} == stored, "no photo embedded twice"
+    assert again["embeddings"]["method"] == "classifier" and again["decided_by"] == "image statistics"
+    assert again["drift_detected"] is again["features_drift_detected"]
+
+    plain = tmp_path / "plain.parquet"  # a profile from before embeddings: the statistics decide, and say why
+    write_reference_profile(train, plain)
+    monkeypatch.setenv("DRYWALL_DRIFT_DECIDER", "either")
+    r = cli("drift", "--reference", plain, "--model", tiny_model_dir, "--current", cracks, "--out", tmp_path / "c")
+    old = json.loads((tmp_path / "c" / "drift.json").read_text())
+    assert old["embeddings"] is None and old["embeddings_compared"].startswith("not compared")
+    assert old["decided_by"] == "image statistics (no embeddings on both sides)"
+    assert "image statistics decide" in r.err
