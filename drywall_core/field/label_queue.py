@@ -35,6 +35,7 @@ from drywall_core.base.fsutil import atomic_write_text
 from drywall_core.base.storage import ArtifactStore, NotFound
 from drywall_core.data.images import displayed_size, upright
 from drywall_core.data.sources.roboflow_pull import Redacting, point_sdk_at, redact, with_retries
+from drywall_core.field.predictions import row_measures
 
 log = logging.getLogger(__name__)
 QUEUE = "label-queue"
@@ -434,14 +435,7 @@ def items_from(picks: pd.DataFrame, images: dict[str, Path], masks_root: Path) -
             uncertain_share=float(row.uncertain_share),
             mean_entropy=float(row.mean_entropy),
             model_version=row.model_version,
-            **_measured(row),
+            **(row_measures(row) or {}),
         )
         for row in picks.itertuples()
     ]
-
-
-def _measured(row: Any) -> dict[str, Any]:
-    n = getattr(row, "n_cracks", None)
-    if n is None or n != n:  # not a crack prompt (NaN), or a summary from before measurements
-        return {}
-    return {"n_cracks": int(n), "total_length_px": float(row.total_length_px), "max_width_px": float(row.max_width_px)}

@@ -196,6 +196,15 @@ def line_stats(mask: np.ndarray, measured: bool, min_area_px: int = MIN_AREA_PX)
     return {"n_cracks": float(m.n_cracks), "total_length_px": m.total_length_px, "max_width_px": m.max_width_px}
 
 
+def row_measures(row: object) -> dict[str, float] | None:
+    """A summary row's crack columns (count, total length, widest), or None where the prompt is
+    measured by area (NaN) or the row predates measurements (no column)."""
+    n = getattr(row, "n_cracks", None)
+    if n is None or n != n:
+        return None
+    return {"n_cracks": int(n), "total_length_px": float(row.total_length_px), "max_width_px": float(row.max_width_px)}
+
+
 def _parquet_bytes(frame: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)

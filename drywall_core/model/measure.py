@@ -281,16 +281,3 @@ def read_mask(path: Path) -> np.ndarray:
 
 def measure_file(path: Path, px_per_mm: float | None = None, min_area_px: int = MIN_AREA_PX) -> Measurement:
     return measure_mask(read_mask(path), str(path), px_per_mm, min_area_px)
-
-
-@dataclass(frozen=True)
-class MeasureSummary:
-    """The few numbers a table shows per mask (field summary, label queue, evaluation)."""
-
-    n_cracks: int
-    total_length_px: float
-    max_width_px: float
-
-    @classmethod
-    def of(cls, m: Measurement) -> MeasureSummary:
-        return cls(m.n_cracks, m.total_length_px, m.max_width_px)

@@ -290,10 +290,16 @@ def uncertain_rows(ctx: Context, version: str, result: Any, image_link: Callable
 
 def crack_cells(row: Any) -> dict[str, Any]:
     """A table's crack columns for a summary row: count, total length, widest (blank if unmeasured)."""
-    n = getattr(row, "n_cracks", float("nan"))
-    if n != n:  # NaN: a prompt measured by area, or a row from before measurements
+    from drywall_core.field.predictions import row_measures
+
+    m = row_measures(row)
+    if m is None:
         return {"cracks": "", "length px": "", "max width px": ""}
-    return {"cracks": int(n), "length px": round(row.total_length_px, 1), "max width px": round(row.max_width_px, 1)}
+    return {
+        "cracks": m["n_cracks"],
+        "length px": round(m["total_length_px"], 1),
+        "max width px": round(m["max_width_px"], 1),
+    }
 
 
 def diversity_for(ctx: Context, loaded: Any, model_dir: Path) -> Any:
@@ -480,7 +486,7 @@ def queue_field(ctx: Context, predicted: FieldOutcome, batch: str | None = None)
     frame, masks = predicted.run.frame, Path(predicted.run.out)
     challenger = challenger_after(ctx, predicted.version, masks.parent / "challenger")
     diverse = None
-    if predicted.model_dir is not None:
+    if predicted.model_dir is not None and ctx.settings.label_queue.diverse:  # no model loaded when off
         diverse = diversity_for(ctx, ctx.inference_model(predicted.model_dir), predicted.model_dir)
     done = FieldQueue(batch)
     for spec in ctx.datasets.datasets.values():
