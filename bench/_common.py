@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from bench._cli import sample_data
 from drywall_core.data.datasets import load_registry
 from drywall_core.data.samples import Sample, export_samples
 from drywall_core.data.sources import generate_synthetic
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("DRYWALL_SAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return sample_data()
 
 
 def crack_samples(n: int) -> tuple[list[Sample], str]:
@@ -48,10 +48,10 @@ def smoke_exports() -> Path:
     return root
 
 
-def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+def table(title: str, columns: list[str], rows: list[list[str]], width: int = 120) -> None:
     t = Table(title=title)
     for c in columns:
         t.add_column(c, justify="right")
     for r in rows:
         t.add_row(*r)
-    Console(width=120).print(t)
+    Console(width=width).print(t)

@@ -15,14 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._cli import bench_parser  # noqa: E402 - stdlib only
 
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -33,9 +35,6 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy import ndimage  # noqa: E402
-
-if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import data_root, table  # noqa: E402
 from drywall_core.field.drift import extract_features, find_images, run_drift  # noqa: E402

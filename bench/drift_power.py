@@ -25,23 +25,22 @@ Usage: python -m bench.drift_power [--data DIR] [--trials 20] [--model random:cl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._cli import bench_parser  # noqa: E402 - stdlib only
 
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
-    default = Path(os.environ.get("DRYWALL_SAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default)
+    ap = bench_parser(__doc__, data=True)
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--photos", type=int, default=240, help="photos used per export (at most)")
     ap.add_argument("--model", default="random:clipseg-rd64", help="model whose vision tower embeds the photos")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "drywall-bench" / "embeddings")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -58,9 +57,6 @@ from dataclasses import dataclass  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
-
-if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import smoke_exports, table  # noqa: E402
 from drywall_core.field.drift import IMAGE_FEATURES, extract_features, find_images  # noqa: E402

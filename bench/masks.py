@@ -20,16 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._cli import bench_parser  # noqa: E402 - stdlib only
 
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
-    default = Path(os.environ.get("DRYWALL_SAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default)
+    ap = bench_parser(__doc__, data=True)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -42,13 +42,9 @@ from PIL import Image  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench._common import smoke_exports  # noqa: E402
 from drywall_core.data.exports import open_export  # noqa: E402
 from drywall_core.data.masks import render_masks  # noqa: E402
-
-if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import smoke_exports  # noqa: E402
 
 
 def naive(export_root: Path, out: Path) -> int:

@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._cli import bench_parser  # noqa: E402 - stdlib only
 
 SMOKE_HELP = "tiny inputs: checks that the bench runs on today's code (CI); measures nothing"
 
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
-    default = Path(os.environ.get("DRYWALL_SAMPLE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default)
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    ap = bench_parser(__doc__, SMOKE_HELP, data=True)
     return ap
 
 
@@ -39,9 +40,6 @@ if __name__ == "__main__":
 
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
-
-if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import smoke_exports, table  # noqa: E402
 from drywall_core.model.measure import measure_mask  # noqa: E402

@@ -26,18 +26,20 @@ import tempfile
 import time
 from pathlib import Path
 
-SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._cli import bench_parser  # noqa: E402 - stdlib only
 
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = bench_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000], help="Export sizes N.")
     ap.add_argument("--quick", action="store_true", help="N = 1,000 and 4,000 only.")
     ap.add_argument("--workdir", type=Path, default=None, help="Where the exports go (default: a temp folder).")
     ap.add_argument("--keep", action="store_true", help="Keep the work folder.")
     ap.add_argument("--run-stage", nargs=3, metavar=("STAGE", "EXPORT", "WORK"), help=argparse.SUPPRESS)
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -46,9 +48,6 @@ if __name__ == "__main__":
 
 
 import numpy as np  # noqa: E402
-
-if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import data_root, table  # noqa: E402
 

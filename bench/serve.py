@@ -22,17 +22,19 @@ import argparse
 import sys
 from pathlib import Path
 
-SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._cli import bench_parser  # noqa: E402 - stdlib only
 
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(__doc__)
     ap.add_argument("--seconds", type=float, default=20.0, help="Load per service and concurrency.")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="Closed-loop clients.")
     ap.add_argument("--photos", type=int, default=16, help="Real crack photos the clients send in turn.")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of each service (2 cores here).")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument("--role", choices=["ours", "naive"], help=argparse.SUPPRESS)  # a service process
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--home", type=Path, help=argparse.SUPPRESS)
@@ -50,9 +52,6 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-
-if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402

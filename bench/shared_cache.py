@@ -19,16 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-SMOKE_HELP = "tiny inputs and a tiny random model: checks that the bench runs on today's code (CI); measures nothing"
+if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._cli import bench_parser  # noqa: E402 - stdlib only
 
 
 def _parser() -> argparse.ArgumentParser:
     """The command line (stdlib only: `--help` answers before the heavy imports)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = bench_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=40, help="Images the previous run encoded.")
     ap.add_argument("--new-share", type=float, default=0.1, help="Share of new images in tonight's dataset.")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores).")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     return ap
 
 
@@ -37,9 +39,6 @@ if __name__ == "__main__":
 
 
 import torch  # noqa: E402
-
-if __package__ in (None, ""):  # run as `python bench/NAME.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import bench_model, crack_samples, table  # noqa: E402
 from drywall_core.base.storage import LocalStore  # noqa: E402

@@ -7,6 +7,7 @@ can override any of them from the environment (``DRYWALL_MASK_WORKERS=4``) or a 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -90,6 +91,31 @@ class MeasureConfig(BaseModel):
         None, gt=0, description="Scale of site photos, pixels per millimetre: adds *_mm fields (per photo overrides)."
     )
     min_area_px: int = Field(9, ge=1, description="Regions smaller than this are specks, not cracks.")
+
+
+class SliceConfig(BaseModel):
+    """Slices of field photos (drift, field summaries, evaluation): site from the name, camera and week from EXIF."""
+
+    site_pattern: str = Field(
+        r"(?:^|/)sites/(?P<site>[^/]+)/",
+        description="Regular expression with a `site` group, searched in each photo's S3 key or relative path.",
+    )
+    min_photos: int = Field(20, ge=2, description="A slice with fewer photos is listed, not tested.")
+
+    @field_validator("site_pattern")
+    @classmethod
+    def _has_site_group(cls, v: str) -> str:
+        try:
+            compiled = re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        if "site" not in compiled.groupindex:
+            raise ValueError("needs a named group (?P<site>...)")
+        return v
+
+    @property
+    def site_regex(self) -> re.Pattern[str]:
+        return re.compile(self.site_pattern)
 
 
 class ServeConfig(BaseModel):
@@ -237,6 +263,7 @@ class Settings(BaseSettings):
     )
     label_queue: LabelQueueConfig = Field(default_factory=LabelQueueConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    slices: SliceConfig = Field(default_factory=SliceConfig)
     evidently_workspace: Path | None = Field(
         default=None, description="Evidently workspace of drift and quality over time; $DRYWALL_HOME/evidently."
     )

@@ -68,5 +68,5 @@ def snapshot_export(
     """Split a validated, rendered export and publish it as a snapshot; returns its record."""
     export = open_export(Path(export_root))
     plan = split_by_source(export, settings.split_seed, settings.val_fraction)
-    manifest, files = build_manifest(export, spec, Path(masks_dir), plan, validation)
+    manifest, files = build_manifest(export, spec, Path(masks_dir), plan, validation, settings.slices.site_regex)
     return publish_snapshot(store, manifest, files, progress=progress)

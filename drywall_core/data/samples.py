@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from drywall_core.base.config import Settings
+from drywall_core.base.config import Settings, SliceConfig
 from drywall_core.data.datasets import DatasetRegistry, DatasetSpec, load_registry
 from drywall_core.data.exports import open_export
 from drywall_core.data.masks import render_masks
+from drywall_core.data.slice_keys import SliceKeys, dataset_keys, known
 from drywall_core.data.splits import split_by_source
 from drywall_core.data.validation import resolve_dataset
 
@@ -30,6 +32,7 @@ class Sample:
     side: str  # "train" or "val"
     source: str
     sha256: str | None = None  # of the image, when known (snapshots): spares hashing it again
+    slices: SliceKeys | None = None  # site, camera, week where the dataset carries them (evaluation per slice)
 
 
 def export_samples(
@@ -40,6 +43,7 @@ def export_samples(
     val_fraction: float,
     workers: int = 0,
     progress: bool = False,
+    site_pattern: re.Pattern[str] | None = None,
 ) -> list[Sample]:
     export = open_export(export_root)
     render_masks(export, masks_dir, workers=workers, progress=progress)
@@ -53,11 +57,15 @@ def export_samples(
         len(plan.sources("val")),
     )
     out = []
+    entries = {(name, i.get("file_name")): i for name, sp in export.splits.items() for i in sp.images}
+    pattern = SliceConfig().site_regex if site_pattern is None else site_pattern
     for side, items in (("train", plan.train), ("val", plan.val)):
         for it in items:
             split_dir = export.splits[it.export_split].dir
             mask = masks_dir / it.export_split / f"{Path(it.file_name).stem}.png"
-            out.append(Sample(split_dir / it.file_name, mask, spec.name, side, it.source))
+            image = split_dir / it.file_name
+            keys = dataset_keys(entries.get((it.export_split, it.file_name), {}), image, pattern)
+            out.append(Sample(image, mask, spec.name, side, it.source, slices=keys if known(keys) else None))
     return out
 
 
@@ -91,5 +99,6 @@ def collect_samples(
             settings.val_fraction,
             settings.mask_workers,
             progress,
+            settings.slices.site_regex,
         )
     return samples, specs

@@ -28,12 +28,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from drywall_core.base.config import SliceConfig
 from drywall_core.base.errors import CheckFailed, InputError
 from drywall_core.base.fsutil import sha256_file
 from drywall_core.base.storage import ArtifactStore, Conflict
 from drywall_core.data.datasets import DatasetSpec
 from drywall_core.data.exports import LINEAGE_FILE, Export
 from drywall_core.data.samples import Sample
+from drywall_core.data.slice_keys import dataset_keys, from_record, known
 from drywall_core.data.splits import SplitPlan
 
 log = logging.getLogger(__name__)
@@ -143,10 +145,14 @@ def build_manifest(
     masks_dir: Path,
     plan: SplitPlan,
     validation: dict[str, Any] | None = None,
+    site_pattern: re.Pattern[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """The manifest of one rendered, split export, and the local file behind every blob it names."""
+    """The manifest of one rendered, split export, and the local file behind every blob it names.
+    An image whose dataset carries slice metadata (site, camera, week) records it as ``slices``."""
     files: dict[str, Path] = {}
     entries = []
+    coco = {(name, i.get("file_name")): i for name, sp in export.splits.items() for i in sp.images}
+    pattern = SliceConfig().site_regex if site_pattern is None else site_pattern
     for side, items in (("train", plan.train), ("val", plan.val)):
         for it in items:
             image = export.splits[it.export_split].dir / it.file_name
@@ -167,6 +173,9 @@ def build_manifest(
                     "source": it.source,
                 }
             )
+            keys = known(dataset_keys(coco.get((it.export_split, it.file_name), {}), image, pattern))
+            if keys:
+                entries[-1]["slices"] = keys
     lineage_file = export.root / LINEAGE_FILE
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
     manifest = {
@@ -272,7 +281,9 @@ def fetch_snapshot(
             if path not in distinct and not _verified_blob(path, sha):
                 jobs[path] = (base + key, sha)
             distinct.add(path)
-        samples.append(Sample(image, mask, spec.name, e["side"], e["source"], e["sha256"]))
+        samples.append(
+            Sample(image, mask, spec.name, e["side"], e["source"], e["sha256"], from_record(e.get("slices")))
+        )
     bar = tqdm(total=len(jobs), desc=f"fetch {ref[:24]}", unit="file", disable=None if progress else True)
     with bar, ThreadPoolExecutor(8) as pool:
         for _ in pool.map(lambda job: store.get_file(job[1][0], job[0], sha256=job[1][1]), jobs.items()):

@@ -283,10 +283,13 @@ def drift_report(
     embedding_test_name: EmbeddingTest = "mmd",
     metadata: dict[str, str] | None = None,
     feature_rule: FeatureRule = "share",
+    tags: Sequence[str] = ("drift",),
+    plot_embeddings: bool = True,
 ) -> tuple[Any, dict]:
     """Evidently ``DataDriftPreset`` over the shared feature columns, the mean of the main features
     of the current images, and, where both sides carry image embeddings, Evidently's embeddings
-    drift; ``decider`` says which test gives ``drift_detected``. Returns (snapshot, summary)."""
+    drift; ``decider`` says which test gives ``drift_detected``. Returns (snapshot, summary).
+    ``plot_embeddings``: False leaves Evidently's embeddings widget (a t-SNE) out; the test still runs."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift, MeanValue
     from evidently.presets import DataDriftPreset
@@ -302,7 +305,7 @@ def drift_report(
         embedding_test(reference[emb].to_numpy(), current[emb].to_numpy(), embedding_test_name) if compared else None
     )
     # Evidently's embeddings widget draws a t-SNE (perplexity 30) of both sides: it needs more photos
-    plotted = compared and len(reference) + len(current) > TSNE_MIN_PHOTOS
+    plotted = plot_embeddings and compared and len(reference) + len(current) > TSNE_MIN_PHOTOS
     definition = DataDefinition(numerical_columns=cols, embeddings={EMBEDDINGS_NAME: emb} if plotted else None)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # constant columns (fixed image size) in correlations
@@ -317,7 +320,7 @@ def drift_report(
                 *(extra if plotted else []),
             ],
             include_tests=True,
-            tags=["drift"],
+            tags=list(tags),
             metadata=metadata or {},  # model version and run, as field-prediction snapshots carry
         ).run(
             current_data=Dataset.from_pandas(current[keep].reset_index(drop=True), data_definition=definition),
@@ -357,6 +360,15 @@ class DriftResult:
     snapshot: Any = None  # the Evidently snapshot, for the monitoring workspace
 
 
+@dataclass(frozen=True)
+class Slicing:
+    """How a drift run breaks the current photos down: each one's slice keys, and the smallest
+    slice that is tested."""
+
+    keys: pd.DataFrame  # path, site, camera, week (drywall_core.data.slice_keys.slice_frame)
+    min_photos: int = 20
+
+
 def run_drift(
     reference: pd.DataFrame,
     current: FeatureTable,
@@ -369,15 +381,27 @@ def run_drift(
     embedding_test_name: EmbeddingTest = "mmd",
     metadata: dict[str, str] | None = None,
     feature_rule: FeatureRule = "share",
+    slicing: Slicing | None = None,
 ) -> DriftResult:
-    """Write ``drift.json`` (with ``notes``, e.g. whether model signals were compared) and ``drift.html``."""
+    """Write ``drift.json`` (with ``notes``, e.g. whether model signals were compared, and with
+    ``slicing`` the drift of each site, camera and week) and ``drift.html``."""
+    from drywall_core.field.slices import slice_drift
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     snapshot, summary = drift_report(
         reference, current.frame, drift_share, decider, embedding_test_name, metadata, feature_rule
     )
+    slices = []
+    if slicing is not None:
+
+        def report(ref: pd.DataFrame, part: pd.DataFrame) -> dict[str, Any]:
+            return drift_report(ref, part, drift_share, decider, embedding_test_name, None, feature_rule, (), False)[1]
+
+        slices = slice_drift(reference, current.frame, slicing.keys, slicing.min_photos, report)
     summary = {
         **summary,
+        "slices": [asdict(s) for s in slices],
         "n_reference": int(n_reference if n_reference is not None else len(reference)),
         "n_current": len(current.frame),
         "skipped": current.skipped,

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import re
+import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +146,95 @@ def _workspace_lock(where: str) -> Iterator[None]:
         yield
 
 
-def _add(where: str, model: str, prompts: Sequence[str], snapshot: Any) -> str:
-    """Add a run to the model's project (created with its dashboard on first use)."""
+def _add(
+    where: str,
+    model: str,
+    prompts: Sequence[str],
+    snapshot: Any,
+    slice_snapshot: Any = None,
+    slices: dict[tuple[str, str], float] | None = None,
+    panels: SlicePanels | None = None,
+) -> str:
+    """Add a run to the model's project (created with its dashboard on first use); with
+    ``slice_snapshot``, that one too, and a series per new slice value in its key's panel."""
     with _workspace_lock(where):
         ws = open_workspace(where)
-        return str(ws.add_run(ensure_project(ws, model, prompts).id, snapshot).id)
+        project = ensure_project(ws, model, prompts)
+        run = str(ws.add_run(project.id, snapshot).id)
+        if slice_snapshot is not None and slices and panels is not None:
+            ws.add_run(project.id, slice_snapshot)
+            _ensure_slice_series(ws, project.id, list(slices), panels)
+        return run
+
+
+def slice_column(signal: str, key: str, value: str) -> str:
+    return f"{signal}__{key}__{value}"
+
+
+def _slice_report(values: dict[tuple[str, str], float], signal: str, tag: str, meta: dict) -> Any:
+    """One row: a column per slice. Each series needs a column of its own: the dashboard's series
+    query matches a series to the first filter with its metric and labels, so series that differ
+    only in snapshot metadata all read the first one's values (evidently 0.7.23)."""
+    frame = pd.DataFrame({slice_column(signal, k, v): [x] for (k, v), x in values.items()})
+    return _mean_report(frame, [tag], meta)
+
+
+@dataclass(frozen=True)
+class SlicePanels:
+    signal: str
+    tag: str
+    titles: dict[str, str]
+
+
+DRIFT_SLICE_PANELS = SlicePanels(
+    "drifted_share",
+    "drift-slices",
+    {
+        "site": "Drifted share of features by site",
+        "camera": "Drifted share of features by camera",
+        "week": "Drifted share of features by capture week",
+    },
+)
+FIELD_SLICE_PANELS = SlicePanels(
+    "mean_confidence",
+    "field-slices",
+    {
+        "site": "Mean confidence by site (all prompts)",
+        "camera": "Mean confidence by camera (all prompts)",
+        "week": "Mean confidence by capture week (all prompts)",
+    },
+)
+TAG_DRIFT_SLICES, TAG_FIELD_SLICES = DRIFT_SLICE_PANELS.tag, FIELD_SLICE_PANELS.tag
+MAX_SLICE_SERIES = 12  # a panel plots the first values seen; drift.json lists every slice
+
+
+def _ensure_slice_series(ws: Any, project_id: Any, slices: list[tuple[str, str]], panels: SlicePanels) -> None:
+    """Each key's panel, created on its first recorded slice, gains a series per new value."""
+    from evidently.sdk.models import DashboardTabModel, PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+
+    dashboard = ws.get_dashboard(project_id)
+    if not dashboard.tabs:
+        dashboard.tabs.append(DashboardTabModel(id=uuid.uuid4(), title="General", panels=[]))
+    for key in dict.fromkeys(k for k, _ in slices):
+        title = panels.titles[key]
+        panel = next((p for p in dashboard.panels if p.title == title), None)
+        if panel is None:
+            panel = line_plot_panel(title, [], size="half")
+            dashboard.panels.append(panel)
+            dashboard.tabs[0].panels.append(panel.id)
+        legends = [v.legend for v in panel.values]
+        new = [v for k, v in slices if k == key and v not in legends][: max(MAX_SLICE_SERIES - len(legends), 0)]
+        panel.values += [
+            PanelMetric(
+                legend=v,
+                metric="MeanValue",
+                metric_labels={"column": slice_column(panels.signal, key, v)},
+                tags=[panels.tag],
+            )
+            for v in new
+        ]
+    ws.save_dashboard(project_id, dashboard)
 
 
 def _mean_report(frame: pd.DataFrame, tags: list[str], metadata: dict[str, Any]) -> Any:
@@ -160,17 +246,42 @@ def _mean_report(frame: pd.DataFrame, tags: list[str], metadata: dict[str, Any])
     return report.run(current_data=frame.reset_index(drop=True))
 
 
-def record_drift(where: str, model: str, prompts: Sequence[str], snapshot: Any) -> str:
-    """A drift run's Evidently snapshot (drifted share, per-column drift, main feature means)."""
-    return _add(where, model, prompts, snapshot)
+def record_drift(
+    where: str,
+    model: str,
+    prompts: Sequence[str],
+    snapshot: Any,
+    slices: Sequence[dict[str, Any]] = (),
+    meta: dict[str, str] | None = None,
+) -> str:
+    """A drift run's Evidently snapshot (drifted share, per-column drift, main feature means), and
+    with the run's tested ``slices`` (``drift.json``'s) one more (tag ``drift-slices``) holding each
+    slice's drifted share as a column ``drifted_share__<key>__<value>``, a series of its key's panel
+    ("Drifted share of features by site")."""
+    tested = {(sl["key"], sl["value"]): sl["drifted_share"] for sl in slices if sl["tested"]}
+    extra = _slice_report(tested, "drifted_share", TAG_DRIFT_SLICES, meta or {}) if tested else None
+    return _add(where, model, prompts, snapshot, extra, tested, DRIFT_SLICE_PANELS)
 
 
-def record_field(where: str, model: str, prompts: Sequence[str], summary: pd.DataFrame, meta: dict) -> str:
-    """A field-prediction run: per prompt, the mean foreground fraction, confidence and uncertain share."""
+def record_field(
+    where: str, model: str, prompts: Sequence[str], summary: pd.DataFrame, meta: dict, min_photos: int = 20
+) -> str:
+    """A field-prediction run: per prompt, the mean foreground fraction, confidence and uncertain
+    share; and per site, camera and week with ``min_photos`` photos, the mean confidence over its
+    prompts (tag ``field-slices``, a column ``mean_confidence__<key>__<value>`` each), a series of its
+    key's panel."""
+    from drywall_core.data.slice_keys import SLICE_KEYS
+
     values = list(SIGNALS) + [m for m in MEASURES if m in summary.columns and summary[m].notna().any()]
     wide = summary.pivot_table(index="sha256", columns="prompt", values=values, aggfunc="mean")
     wide.columns = [f"{signal}__{slug(prompt)}" for signal, prompt in wide.columns]
-    return _add(where, model, prompts, _mean_report(wide, [TAG_FIELD], meta))
+    means = {}
+    for key in [k for k in SLICE_KEYS if k in summary.columns]:
+        for value, part in summary.groupby(key, sort=True):
+            if part["sha256"].nunique() >= min_photos:
+                means[(key, str(value))] = float(part.groupby("sha256")["mean_confidence"].mean().mean())
+    extra = _slice_report(means, "mean_confidence", TAG_FIELD_SLICES, meta) if means else None
+    return _add(where, model, prompts, _mean_report(wide, [TAG_FIELD], meta), extra, means, FIELD_SLICE_PANELS)
 
 
 def record_evaluation(where: str, model: str, prompts: Sequence[str], metrics: dict[str, Any], meta: dict) -> str:

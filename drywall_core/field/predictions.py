@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,10 +28,12 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from drywall_core.base.config import SliceConfig
 from drywall_core.base.fsutil import atomic_open, sha256_file
 from drywall_core.base.storage import ArtifactStore, Conflict
 from drywall_core.data.images import open_rgb
 from drywall_core.data.masks import save_png_atomic
+from drywall_core.data.slice_keys import slice_keys
 from drywall_core.model.load import LoadedModel
 from drywall_core.model.measure import MIN_AREA_PX, measure_mask
 from drywall_core.model.predict import output_name
@@ -56,6 +59,9 @@ COLUMNS = [
     "n_cracks",
     "total_length_px",
     "max_width_px",
+    "site",
+    "camera",
+    "week",
     "model_version",
     "predicted_at",
     "run",
@@ -139,9 +145,11 @@ def predict_field(
     on_batch: Callable[[int, int], None] | None = None,
     lines: Collection[str] = (),
     min_area_px: int = MIN_AREA_PX,
+    site_pattern: re.Pattern[str] | None = None,
 ) -> FieldRun:
     """Masks and summary rows for every image and prompt; images whose sha256 is in ``done`` are
-    skipped. Masks of the prompts in ``lines`` (cracks) are measured: count, total length, widest."""
+    skipped. Masks of the prompts in ``lines`` (cracks) are measured: count, total length, widest.
+    Each row carries its photo's slice keys: the site (``site_pattern`` on its name), camera and week."""
     out = Path(out)
     done = done or set()
     todo, seen = [], set()
@@ -149,6 +157,7 @@ def predict_field(
         if im.sha256 not in done and im.sha256 not in seen:
             todo.append(im)
             seen.add(im.sha256)
+    pattern = site_pattern or re.compile(SliceConfig().site_pattern)
     thresholds = {p: loaded.threshold_for(p) for p in prompts}
     text_embeddings_cached(loaded, list(prompts))  # a prompt the model cannot take fails before any work
     rows, skipped = [], []
@@ -159,6 +168,7 @@ def predict_field(
         skipped += unreadable
         if batch:
             maps = probabilities(loaded, [pil for _, pil in batch], prompts, batch_size)
+            keys = {im.sha256: vars(slice_keys(im.path, im.name, pattern)) for im, _ in batch}
             for prompt in prompts:
                 for (im, pil), prob in zip(batch, (m[prompt] for m in maps), strict=True):
                     name = mask_name(im, prompt)
@@ -175,6 +185,7 @@ def predict_field(
                             **mask_stats(prob, thresholds[prompt]),
                             "threshold": thresholds[prompt],
                             **line_stats(mask, prompt in lines, min_area_px),
+                            **keys[im.sha256],
                             "model_version": version,
                             "predicted_at": stamp,
                             "run": run,

@@ -24,6 +24,7 @@ from drywall_core.base.fsutil import atomic_open, atomic_write_text
 from drywall_core.data.datasets import DatasetSpec
 from drywall_core.data.images import open_rgb
 from drywall_core.data.samples import Sample
+from drywall_core.data.slice_keys import SLICE_KEYS, UNKNOWN
 from drywall_core.model.load import LoadedModel
 from drywall_core.model.measure import MIN_AREA_PX, measure_mask
 from drywall_core.model.metrics import THRESHOLDS, best_threshold, boundary_f1, dice, iou, sweep
@@ -39,6 +40,7 @@ class ImageResult:
     boundary_f1: float
     sweep: dict[float, float]
     sizes: SizeError | None = None  # crack datasets: predicted against ground-truth measurements
+    slices: dict[str, str] | None = None  # site, camera, week where the dataset carries them
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ def evaluate(
                                 boundary_f1(pred, gt, tolerance_px),
                                 sweep(prob, gt),
                                 SizeError.of(pred, gt, min_area_px) if spec.measure == "lines" else None,
+                                dict(vars(s.slices)) if s.slices is not None else None,
                             )
                         )
             bar.update(len(chunk))
@@ -154,7 +157,29 @@ def _summarise(spec: DatasetSpec, results: list[ImageResult], synonym_ious: dict
             "std": float(np.std(vals)),
         },
         **size_errors([r.sizes for r in results if r.sizes is not None]),
+        **per_slice(results),
     }
+
+
+def per_slice(results: Sequence[ImageResult]) -> dict[str, Any]:
+    """mIoU and mean Dice per site, camera and week, for the keys the dataset carries (``{}`` when
+    it carries none): a model can be good on average and poor on one site's walls."""
+    tagged = [r for r in results if r.slices]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key in SLICE_KEYS:
+        groups: dict[str, list[ImageResult]] = {}
+        for r in tagged:
+            groups.setdefault(r.slices.get(key, UNKNOWN), []).append(r)
+        if set(groups) - {UNKNOWN}:
+            out[key] = {
+                v: {
+                    "images": len(g),
+                    "miou": float(np.mean([r.iou for r in g])),
+                    "mean_dice": float(np.mean([r.dice for r in g])),
+                }
+                for v, g in sorted(groups.items())
+            }
+    return {"slices": out} if out else {}
 
 
 def size_errors(sizes: Sequence[SizeError]) -> dict[str, Any]:
@@ -222,6 +247,17 @@ def markdown_table(metrics: dict[str, Any], champion: dict[str, Any] | None = No
                 f"| {prompt} | {e['images']} | {e['count_mae']:.2f} | {e['length_mae_px']:.1f} | {rel} "
                 f"| {e['max_width_mae_px']:.2f} |"
             )
+    sliced = [
+        (d["prompt"], key, v, m)
+        for d in metrics["datasets"].values()
+        for key, vs in d.get("slices", {}).items()
+        for v, m in vs.items()
+    ]
+    if sliced:
+        lines += ["", "| prompt | slice | images | mIoU@0.5 | mean Dice |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {p} | {key}={v} | {m['images']} | {m['miou']:.3f} | {m['mean_dice']:.3f} |" for p, key, v, m in sliced
+        ]
     lat = metrics.get("latency", {})
     if lat:
         lines.append("")

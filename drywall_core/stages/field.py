@@ -134,17 +134,21 @@ def drift(
         ctx.reporter.warn(f"drift embeddings {embeddings}: image statistics decide")
     for item in current_features.skipped:
         ctx.reporter.warn(f"{item['path']}: skipped ({item['reason']})")
+    metadata = _snapshot_metadata(model, event_payload or {})
     result = d.run_drift(
         ref_frame, current_features, Path(out), share, reference_skipped=ref_skipped,
         notes={"model_signals": signals, "embeddings_compared": embeddings},
         decider=s.drift_decider, embedding_test_name=s.drift_embedding_test,
-        metadata=_snapshot_metadata(model, event_payload or {}), feature_rule=s.drift_feature_rule,
+        metadata=metadata, feature_rule=s.drift_feature_rule,
+        slicing=slicing_of(ctx, current_features.frame, Path(current)),
     )  # fmt: skip
     summary = result.summary
     outcome = DriftOutcome(summary, result.json_path, result.html_path, signals)
     if workspace:
         try:
-            outcome.monitoring_run = record_drift(workspace, s.model_name, ctx.prompts, result.snapshot)
+            outcome.monitoring_run = record_drift(
+                workspace, s.model_name, ctx.prompts, result.snapshot, summary["slices"], metadata
+            )
             ctx.reporter.info(f"drift run added to Evidently workspace {workspace}, project '{s.model_name}'")
         except Exception as exc:  # noqa: BLE001 - named with its cause: a path or a service that is not there
             why = f"{workspace}: cannot add the run to the Evidently workspace ({type(exc).__name__}: {exc})"
@@ -152,6 +156,7 @@ def drift(
                 raise InputError(why) from None
             ctx.reporter.warn(why)
     _drift_table(ctx, summary)
+    _slice_table(ctx, summary["slices"])
     if outcome.detected:
         outcome.event_id = ctx.events.emit(
             DRIFT_EVENT,
@@ -180,6 +185,40 @@ def _drift_table(ctx: Context, sm: dict[str, Any]) -> None:
         f" {sm['n_reference']} reference vs {sm['n_current']} current images, {len(sm['skipped'])} skipped"
         f" (model signals: {md(sm['model_signals'])}); decided by {md(sm['decided_by'])}{_embedding_line(sm)}\n\n"
         f"| feature | test | score (p-value) | drifted |\n|---|---|---|---|\n{rows}",
+    )
+
+
+def slicing_of(ctx: Context, frame: pd.DataFrame, root: Path) -> Any:
+    """The current photos' sites (from their names under ``root``: S3 keys as fetched), cameras and
+    capture weeks (EXIF), for the per-slice drift."""
+    from drywall_core.data.slice_keys import names_under, slice_frame
+    from drywall_core.field.drift import Slicing
+
+    paths = [Path(p) for p in frame["path"]]
+    cfg = ctx.settings.slices
+    return Slicing(slice_frame(paths, names_under(paths, root), cfg.site_regex), cfg.min_photos)
+
+
+def _slice_table(ctx: Context, slices: Sequence[dict[str, Any]]) -> None:
+    """Per site, camera and week: photos, the verdict (or why not tested), drifted columns, signals."""
+    if not slices:
+        return
+    rows = []
+    for sl in slices:
+        verdict = ("DRIFT" if sl["drift_detected"] else "no drift") if sl["tested"] else sl["note"]
+        signals = ", ".join(f"{md(k)} {v:.3f}" for k, v in sorted((sl["signals"] or {}).items()))
+        rows.append(
+            f"| {sl['key']} | {md(sl['value'])} | {sl['n_current']} | {md(verdict)} "
+            f"| {md(', '.join(sl['drifted_columns']))} | {signals} |"
+        )
+    drifted = [f"{sl['key']}={sl['value']}" for sl in slices if sl["drift_detected"]]
+    if drifted:
+        ctx.reporter.warn(f"drift in slices: {', '.join(drifted)}")
+    ctx.reporter.markdown(
+        "drift-slices",
+        "**Drift per slice** (each slice against the whole reference; read beside the run's verdict)\n\n"
+        "| key | value | photos | verdict | drifted columns | model signals (mean) |\n|---|---|---|---|---|---|\n"
+        + "\n".join(rows),
     )
 
 
@@ -249,15 +288,26 @@ def predict_field(
         on_batch=on_batch,
         lines=lines,
         min_area_px=ctx.settings.measure.min_area_px,
+        site_pattern=ctx.settings.slices.site_regex,
     )
     outcome = FieldOutcome(version, prompts, result, photos, model_dir=Path(model_dir))
     ctx.reporter.progress("field-predictions-progress", outcome.predicted, max(outcome.predicted, 1), "done")
     if len(result.frame):
         outcome.published = fp.publish_predictions(ctx.store, version, result)
         meta = {"model_version": version, "run": run, "images": outcome.predicted}
-        monitor(ctx, "field predictions", lambda where, model, ps: record_field(where, model, ps, result.frame, meta))
+        least = ctx.settings.slices.min_photos
+        monitor(
+            ctx,
+            "field predictions",
+            lambda where, model, ps: record_field(where, model, ps, result.frame, meta, least),
+        )
     for item in result.skipped:
         ctx.reporter.warn(f"{item['image']}: skipped ({item['reason']})")
+    if len(result.frame):
+        from drywall_core.field.slices import slice_signals
+
+        per_slice = slice_signals(result.frame, ctx.settings.slices.min_photos)
+        ctx.reporter.table("field-slices", per_slice, f"model signals per site, camera and week ({version})")
     link = image_link or (lambda name: str(Path(images_dir) / name))
     ctx.reporter.table(
         "field-most-uncertain", uncertain_rows(ctx, version, result, link), f"most uncertain ({version})"
