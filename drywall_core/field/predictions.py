@@ -34,10 +34,11 @@ from drywall_core.base.storage import ArtifactStore, Conflict
 from drywall_core.data.images import open_rgb
 from drywall_core.data.masks import save_png_atomic
 from drywall_core.data.slice_keys import slice_keys
+from drywall_core.model.embeddings import EmbeddingStore
 from drywall_core.model.load import LoadedModel
 from drywall_core.model.measure import MIN_AREA_PX, measure_mask
 from drywall_core.model.predict import output_name
-from drywall_core.model.runtime import probabilities, text_embeddings_cached
+from drywall_core.model.runtime import probabilities, probabilities_and_embeddings, text_embeddings_cached
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,13 @@ def predict_field(
     lines: Collection[str] = (),
     min_area_px: int = MIN_AREA_PX,
     site_pattern: re.Pattern[str] | None = None,
+    embeddings: EmbeddingStore | None = None,
 ) -> FieldRun:
     """Masks and summary rows for every image and prompt; images whose sha256 is in ``done`` are
     skipped. Masks of the prompts in ``lines`` (cracks) are measured: count, total length, widest.
-    Each row carries its photo's slice keys: the site (``site_pattern`` on its name), camera and week."""
+    Each row carries its photo's slice keys: the site (``site_pattern`` on its name), camera and week.
+    With ``embeddings`` (the store of this model's backbone), each photo's image embedding comes from
+    the same encode and is stored, so drift and the label queue read it instead of encoding again."""
     out = Path(out)
     done = done or set()
     todo, seen = [], set()
@@ -167,7 +171,13 @@ def predict_field(
         batch, unreadable = open_images(todo[start : start + batch_size])
         skipped += unreadable
         if batch:
-            maps = probabilities(loaded, [pil for _, pil in batch], prompts, batch_size)
+            pils = [pil for _, pil in batch]
+            if embeddings is None:
+                maps = probabilities(loaded, pils, prompts, batch_size)
+            else:
+                maps, vectors = probabilities_and_embeddings(loaded, pils, prompts, batch_size)
+                for (im, _), vec in zip(batch, vectors, strict=True):
+                    embeddings.put(im.sha256, vec)
             keys = {im.sha256: vars(slice_keys(im.path, im.name, pattern)) for im, _ in batch}
             for prompt in prompts:
                 for (im, pil), prob in zip(batch, (m[prompt] for m in maps), strict=True):

@@ -130,14 +130,41 @@ def probabilities_each(
         raise ValueError(f"{len(images)} images but {len(wanted)} prompt lists")
     if any(not ps for ps in wanted):
         raise InputError("no prompt given: the model answers a text prompt such as 'segment crack'")
+    return _forward(loaded, images, wanted, batch_size, pooled=False)[0]
+
+
+def probabilities_and_embeddings(
+    loaded: LoadedModel, images: Sequence[Image.Image], prompts: Sequence[str], batch_size: int = BATCH_SIZE
+) -> tuple[list[ProbabilityMaps], np.ndarray]:
+    """:func:`probabilities`, and each image's embedding (:func:`image_embeddings`) from the same
+    encode: the whole vision tower runs (two more layers than the masks need, on the real model
+    about a sixth more), so a photo predicted is never encoded again for drift or the label queue."""
+    prompts = list(dict.fromkeys(prompts))
+    if not prompts:
+        raise InputError("no prompt given: the model answers a text prompt such as 'segment crack'")
+    maps, pooled = _forward(loaded, images, [prompts] * len(images), batch_size, pooled=True)
+    hidden = loaded.model.config.vision_config.hidden_size
+    return maps, np.concatenate(pooled) if pooled else np.zeros((0, hidden), np.float32)
+
+
+@torch.no_grad()
+def _forward(
+    loaded: LoadedModel, images: Sequence[Image.Image], wanted: list[list[str]], batch_size: int, pooled: bool
+) -> tuple[list[ProbabilityMaps], list[np.ndarray]]:
     distinct = list(dict.fromkeys(p for ps in wanted for p in ps))
     conds = text_embeddings_cached(loaded, distinct) if distinct else None  # a bad prompt fails first
     index = {p: i for i, p in enumerate(distinct)}
     out: list[ProbabilityMaps] = []
+    vectors: list[np.ndarray] = []
     step = max(batch_size, 1)
     for start in range(0, len(images), step):
         chunk, asks = list(images[start : start + step]), wanted[start : start + step]
-        acts = encode_images(loaded.model, pixel_values(loaded, chunk).to(device_of(loaded)), parallel_images(loaded))
+        pv = pixel_values(loaded, chunk).to(device_of(loaded))
+        if pooled:
+            acts, pool = encode_images_pooled(loaded.model, pv, parallel_images(loaded))
+            vectors.append(pool.float().cpu().numpy())
+        else:
+            acts = encode_images(loaded.model, pv, parallel_images(loaded))
         maps: list[ProbabilityMaps] = [{} for _ in chunk]
         for p in dict.fromkeys(q for ps in asks for q in ps):
             rows = [j for j, ps in enumerate(asks) if p in ps]
@@ -146,7 +173,7 @@ def probabilities_each(
             for j, prob in zip(rows, upsample_probs(logits, [chunk[j].size for j in rows]), strict=True):
                 maps[j][p] = prob
         out += [{p: m[p] for p in ps} for m, ps in zip(maps, asks, strict=True)]
-    return out
+    return out, vectors
 
 
 @torch.no_grad()
@@ -224,12 +251,28 @@ def encode_images(model: Any, pixel_values: torch.Tensor, parallel: bool = False
     return torch.cat(parts)
 
 
+def encode_images_pooled(
+    model: Any, pixel_values: torch.Tensor, parallel: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`encode_images` through the whole tower, with its pooled output (B, hidden) too."""
+    workers = min(torch.get_num_threads(), len(pixel_values))
+    if not parallel or workers < 2 or pixel_values.device.type != "cpu":
+        return _encode_pooled(model, pixel_values)
+    with _single_threaded_kernels():
+        parts = list(_pool(workers).map(lambda chunk: _encode_pooled(model, chunk), pixel_values.tensor_split(workers)))
+    return torch.cat([a for a, _ in parts]), torch.cat([p for _, p in parts])
+
+
 def _encode(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    return _encode_pooled(model, pixel_values)[0]
+
+
+def _encode_pooled(model: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():  # grad mode is per thread: a worker does not inherit the caller's
         out = model.clip.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=True, output_hidden_states=True
         )
-    return torch.stack([out.hidden_states[i + 1] for i in model.config.extract_layers], dim=1)
+    return torch.stack([out.hidden_states[i + 1] for i in model.config.extract_layers], dim=1), out.pooler_output
 
 
 _KERNEL_THREADS = threading.Lock()

@@ -289,6 +289,7 @@ def predict_field(
         lines=lines,
         min_area_px=ctx.settings.measure.min_area_px,
         site_pattern=ctx.settings.slices.site_regex,
+        embeddings=embedding_store(ctx, loaded),
     )
     outcome = FieldOutcome(version, prompts, result, photos, model_dir=Path(model_dir))
     ctx.reporter.progress("field-predictions-progress", outcome.predicted, max(outcome.predicted, 1), "done")

@@ -141,9 +141,12 @@ def test_the_forward_pass_is_written_once() -> None:
         "field/label_queue.py", "field/drift.py", "release/warmup.py", "serve/batching.py",
     }  # fmt: skip
     for rel in users:
-        assert _calls(core / rel) & {"probabilities", "probabilities_for", "probabilities_each"}, (
-            f"{rel} does not use the runtime"
-        )
+        assert _calls(core / rel) & {
+            "probabilities",
+            "probabilities_for",
+            "probabilities_each",
+            "probabilities_and_embeddings",
+        }, f"{rel} does not use the runtime"
     cache = (core / "model" / "cache.py").read_text()
     assert "def encode_images" not in cache and "def decode" not in cache, "the cache module holds only the cache"
 

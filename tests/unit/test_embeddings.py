@@ -57,3 +57,29 @@ def test_the_store_embeds_each_photo_once_and_only_names_digests(
         with pytest.raises(ValueError, match="not a sha256"):
             store.path(bad)
     assert not list(store.root.rglob(".emb-*")), "no temporary file left"
+
+
+def test_field_predictions_store_the_embeddings_of_the_same_encode(tiny, cracks_export: Path, tmp_path, monkeypatch):
+    """A photo predicted is not encoded again for drift or the label queue: its embedding comes from
+    the prediction's own encode, equal to image_embeddings', and the masks are unchanged."""
+    import drywall_core.model.runtime as runtime
+    from drywall_core.data.images import open_rgb
+    from drywall_core.field import predictions as fp
+    from drywall_core.field.drift import IMAGE_EXTENSIONS
+
+    photos = [open_rgb(p) for p in sorted((cracks_export / "valid").glob("*.jpg"))[:3]]
+    maps, vectors = runtime.probabilities_and_embeddings(tiny, photos, ["segment crack", "segment taping area"])
+    plain = runtime.probabilities(tiny, photos, ["segment crack", "segment taping area"])
+    assert all(np.allclose(a[p], b[p], atol=1e-5) for a, b in zip(maps, plain, strict=True) for p in a)
+    assert np.allclose(vectors, image_embeddings(tiny, photos), atol=1e-4)
+
+    folder = tmp_path / "field"
+    folder.mkdir()
+    for p in sorted((cracks_export / "valid").glob("*.jpg"))[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    images = fp.field_images(folder, IMAGE_EXTENSIONS)
+    store = EmbeddingStore(tmp_path / "emb", tiny)
+    fp.predict_field(tiny, images, ["segment crack"], tmp_path / "out", "v1", progress=False, embeddings=store)
+    monkeypatch.setattr(runtime, "image_embeddings", lambda *a, **k: pytest.fail("encoded again"))
+    stored = store.embed([im.path for im in images], [im.sha256 for im in images])
+    assert np.allclose(stored, vectors, atol=1e-4), "the same photos, in the same order"

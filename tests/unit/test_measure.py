@@ -46,6 +46,20 @@ def test_straight_line_of_known_length_and_width_at_every_angle(width: int) -> N
         assert abs(crack.max_width_px - width) <= 1.0, (angle, crack)
 
 
+@pytest.mark.parametrize("width", [260, 400])
+def test_a_region_wider_than_any_crack_is_measured_on_a_coarser_grid_within_2_percent(width: int) -> None:
+    """Thinning a 400 px wide region at full size takes a pass per pixel layer; on the coarse grid
+    its length and width stay within 2%."""
+    from bench.measure import band
+
+    for angle in (0, 15, 30, 45, 60, 75, 90, 120, 165):
+        (crack,) = measure_mask(band((1100, 1100), angle, width, 800)).cracks
+        assert crack.length_px == pytest.approx(800, rel=0.02), angle
+        assert crack.max_width_px == pytest.approx(width, rel=0.02), angle
+    whole = measure_mask(np.ones((640, 640), bool))
+    assert whole.n_cracks == 1 and whole.max_width_px == pytest.approx(640, rel=0.01)
+
+
 def test_branching_crack_sums_its_branches_and_keeps_its_width() -> None:
     shape, width = (400, 400), 5
     trunk = band(shape, (50, 200), (350, 200), width)

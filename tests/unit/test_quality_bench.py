@@ -36,6 +36,8 @@ def test_each_half_is_scored_at_the_threshold_tuned_on_the_other() -> None:
     miou, mdice, tuned = cross_fit(items, per_image)
     assert tuned == (0.8, 0.2), "half 0 is scored at half 1's best threshold, and back"
     assert miou == pytest.approx(0.1) and mdice == pytest.approx(0.05), "no image at its own best threshold"
+    one = [items[0]]
+    assert cross_fit(one, per_image[:1])[0] == pytest.approx(0.1), "one source photo: scored at 0.5, not its best"
 
 
 def test_the_drywall_exports_roboflow_valid_folder_is_mostly_training_photos(drywall_export, tmp_path) -> None:
