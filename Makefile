@@ -56,6 +56,10 @@ bench: setup
 	$(PY) -m bench.shared_cache
 	$(PY) -m bench.serve
 	$(PY) -m bench.scale --quick
+	$(PY) -m bench.measure
+	$(PY) -m bench.field
+	$(PY) -m bench.label_diversity
+# longer, run on their own: bench.drift_power (~45 min the first time), bench.quality --model MODEL (~18 min)
 
 clean:
 	rm -rf .drywall .pytest_cache .ruff_cache
