@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from drywall_core.base.config import Settings, SliceConfig
+from drywall_core.base.config import Settings
 from drywall_core.data.datasets import DatasetRegistry, DatasetSpec, load_registry
 from drywall_core.data.exports import open_export
 from drywall_core.data.masks import render_masks
-from drywall_core.data.slice_keys import SliceKeys, dataset_keys, known
+from drywall_core.data.slice_keys import SliceKeys, export_slices
 from drywall_core.data.splits import split_by_source
 from drywall_core.data.validation import resolve_dataset
 
@@ -57,15 +57,13 @@ def export_samples(
         len(plan.sources("val")),
     )
     out = []
-    entries = {(name, i.get("file_name")): i for name, sp in export.splits.items() for i in sp.images}
-    pattern = SliceConfig().site_regex if site_pattern is None else site_pattern
+    slices = export_slices(export, site_pattern)
     for side, items in (("train", plan.train), ("val", plan.val)):
         for it in items:
             split_dir = export.splits[it.export_split].dir
             mask = masks_dir / it.export_split / f"{Path(it.file_name).stem}.png"
-            image = split_dir / it.file_name
-            keys = dataset_keys(entries.get((it.export_split, it.file_name), {}), image, pattern)
-            out.append(Sample(image, mask, spec.name, side, it.source, slices=keys if known(keys) else None))
+            keys = slices.get((it.export_split, it.file_name))
+            out.append(Sample(split_dir / it.file_name, mask, spec.name, side, it.source, slices=keys))
     return out
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from PIL import Image
@@ -125,12 +126,20 @@ def dataset_keys(entry: dict, path: Path, pattern: re.Pattern[str]) -> SliceKeys
     )
 
 
-def known(keys: SliceKeys | None) -> dict[str, str] | None:
-    """The keys as a manifest records them: None when the image carries none (the manifest of a
-    dataset without slice metadata stays as it was, and so does its snapshot id)."""
-    if keys is None or all(v == UNKNOWN for v in vars(keys).values()):
-        return None
-    return dict(vars(keys))
+def export_slices(export: Any, pattern: re.Pattern[str] | None = None) -> dict[tuple[str, str], SliceKeys]:
+    """(split, file name) -> slice keys of every image of an export that carries some (one without
+    any is left out: the manifest of a dataset without slice metadata stays as it was, and so does
+    its snapshot id). ``pattern``: the site pattern, the settings' default when None."""
+    from drywall_core.base.config import SliceConfig
+
+    pattern = SliceConfig().site_regex if pattern is None else pattern
+    out = {}
+    for name, split in export.splits.items():
+        for entry in split.images:
+            keys = dataset_keys(entry, split.dir / str(entry.get("file_name")), pattern)
+            if any(v != UNKNOWN for v in vars(keys).values()):
+                out[(name, entry.get("file_name"))] = keys
+    return out
 
 
 def from_record(value: object) -> SliceKeys | None:

@@ -28,14 +28,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from drywall_core.base.config import SliceConfig
 from drywall_core.base.errors import CheckFailed, InputError
 from drywall_core.base.fsutil import sha256_file
 from drywall_core.base.storage import ArtifactStore, Conflict
 from drywall_core.data.datasets import DatasetSpec
 from drywall_core.data.exports import LINEAGE_FILE, Export
 from drywall_core.data.samples import Sample
-from drywall_core.data.slice_keys import dataset_keys, from_record, known
+from drywall_core.data.slice_keys import export_slices, from_record
 from drywall_core.data.splits import SplitPlan
 
 log = logging.getLogger(__name__)
@@ -151,8 +150,7 @@ def build_manifest(
     An image whose dataset carries slice metadata (site, camera, week) records it as ``slices``."""
     files: dict[str, Path] = {}
     entries = []
-    coco = {(name, i.get("file_name")): i for name, sp in export.splits.items() for i in sp.images}
-    pattern = SliceConfig().site_regex if site_pattern is None else site_pattern
+    slices = export_slices(export, site_pattern)
     for side, items in (("train", plan.train), ("val", plan.val)):
         for it in items:
             image = export.splits[it.export_split].dir / it.file_name
@@ -173,9 +171,8 @@ def build_manifest(
                     "source": it.source,
                 }
             )
-            keys = known(dataset_keys(coco.get((it.export_split, it.file_name), {}), image, pattern))
-            if keys:
-                entries[-1]["slices"] = keys
+            if (keys := slices.get((it.export_split, it.file_name))) is not None:
+                entries[-1]["slices"] = dict(vars(keys))
     lineage_file = export.root / LINEAGE_FILE
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else None
     manifest = {

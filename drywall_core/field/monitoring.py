@@ -151,18 +151,20 @@ def _add(
     model: str,
     prompts: Sequence[str],
     snapshot: Any,
-    slice_snapshot: Any = None,
     slices: dict[tuple[str, str], float] | None = None,
     panels: SlicePanels | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> str:
-    """Add a run to the model's project (created with its dashboard on first use); with
-    ``slice_snapshot``, that one too, and a series per new slice value in its key's panel."""
+    """Add a run to the model's project (created with its dashboard on first use); with ``slices``
+    ((key, value) -> the ``panels``' signal), one more snapshot of them, and a series per new
+    slice value in its key's panel."""
+    extra = _slice_report(slices, panels, meta or {}) if slices and panels is not None else None
     with _workspace_lock(where):
         ws = open_workspace(where)
         project = ensure_project(ws, model, prompts)
         run = str(ws.add_run(project.id, snapshot).id)
-        if slice_snapshot is not None and slices and panels is not None:
-            ws.add_run(project.id, slice_snapshot)
+        if extra is not None:
+            ws.add_run(project.id, extra)
             _ensure_slice_series(ws, project.id, list(slices), panels)
         return run
 
@@ -171,12 +173,12 @@ def slice_column(signal: str, key: str, value: str) -> str:
     return f"{signal}__{key}__{value}"
 
 
-def _slice_report(values: dict[tuple[str, str], float], signal: str, tag: str, meta: dict) -> Any:
+def _slice_report(values: dict[tuple[str, str], float], panels: SlicePanels, meta: dict) -> Any:
     """One row: a column per slice. Each series needs a column of its own: the dashboard's series
     query matches a series to the first filter with its metric and labels, so series that differ
     only in snapshot metadata all read the first one's values (evidently 0.7.23)."""
-    frame = pd.DataFrame({slice_column(signal, k, v): [x] for (k, v), x in values.items()})
-    return _mean_report(frame, [tag], meta)
+    frame = pd.DataFrame({slice_column(panels.signal, k, v): [x] for (k, v), x in values.items()})
+    return _mean_report(frame, [panels.tag], meta)
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,6 @@ FIELD_SLICE_PANELS = SlicePanels(
         "week": "Mean confidence by capture week (all prompts)",
     },
 )
-TAG_DRIFT_SLICES, TAG_FIELD_SLICES = DRIFT_SLICE_PANELS.tag, FIELD_SLICE_PANELS.tag
 MAX_SLICE_SERIES = 12  # a panel plots the first values seen; drift.json lists every slice
 
 
@@ -259,8 +260,7 @@ def record_drift(
     slice's drifted share as a column ``drifted_share__<key>__<value>``, a series of its key's panel
     ("Drifted share of features by site")."""
     tested = {(sl["key"], sl["value"]): sl["drifted_share"] for sl in slices if sl["tested"]}
-    extra = _slice_report(tested, "drifted_share", TAG_DRIFT_SLICES, meta or {}) if tested else None
-    return _add(where, model, prompts, snapshot, extra, tested, DRIFT_SLICE_PANELS)
+    return _add(where, model, prompts, snapshot, tested, DRIFT_SLICE_PANELS, meta)
 
 
 def record_field(
@@ -280,8 +280,7 @@ def record_field(
         for value, part in summary.groupby(key, sort=True):
             if part["sha256"].nunique() >= min_photos:
                 means[(key, str(value))] = float(part.groupby("sha256")["mean_confidence"].mean().mean())
-    extra = _slice_report(means, "mean_confidence", TAG_FIELD_SLICES, meta) if means else None
-    return _add(where, model, prompts, _mean_report(wide, [TAG_FIELD], meta), extra, means, FIELD_SLICE_PANELS)
+    return _add(where, model, prompts, _mean_report(wide, [TAG_FIELD], meta), means, FIELD_SLICE_PANELS, meta)
 
 
 def record_evaluation(where: str, model: str, prompts: Sequence[str], metrics: dict[str, Any], meta: dict) -> str:

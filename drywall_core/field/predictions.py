@@ -161,7 +161,7 @@ def predict_field(
         if im.sha256 not in done and im.sha256 not in seen:
             todo.append(im)
             seen.add(im.sha256)
-    pattern = site_pattern or re.compile(SliceConfig().site_pattern)
+    pattern = site_pattern or SliceConfig().site_regex
     thresholds = {p: loaded.threshold_for(p) for p in prompts}
     text_embeddings_cached(loaded, list(prompts))  # a prompt the model cannot take fails before any work
     rows, skipped = [], []

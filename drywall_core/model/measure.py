@@ -175,7 +175,6 @@ def measure_coarse(region: np.ndarray, k: int, offset: tuple[int, int]) -> Crack
     grid = np.pad(region, ((0, -h % k), (0, -w % k))).reshape((h + -h % k) // k, k, (w + -w % k) // k, k)
     coarse = np.pad(grid.mean(axis=(1, 3)) >= 0.5, 1)
     c = measure_crack(coarse, ndimage.distance_transform_edt(coarse), (0, 0))
-    ys, xs = np.nonzero(region)
     area = int(region.sum())
     length = c.length_px * k
     return Crack(
@@ -183,8 +182,14 @@ def measure_coarse(region: np.ndarray, k: int, offset: tuple[int, int]) -> Crack
         max_width_px=round(c.max_width_px * k, 2),
         mean_width_px=round(min(area / max(length, 1.0), c.max_width_px * k), 2),
         area_px=area,
-        bbox=(int(xs.min()) + offset[1], int(ys.min()) + offset[0], int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1),
+        bbox=_bbox(region, offset),
     )
+
+
+def _bbox(region: np.ndarray, offset: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x, y, width, height) of a region's pixels in the whole mask."""
+    ys, xs = np.nonzero(region)
+    return int(xs.min()) + offset[1], int(ys.min()) + offset[0], int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1
 
 
 def measure_crack(region: np.ndarray, distance: np.ndarray, offset: tuple[int, int]) -> Crack:
@@ -206,14 +211,12 @@ def measure_crack(region: np.ndarray, distance: np.ndarray, offset: tuple[int, i
         )
     length = skeleton_length(skeleton) + tips
     widths = _widths(skeleton, near, distance)
-    ys, xs = np.nonzero(region)
-    bbox = (int(xs.min()) + offset[1], int(ys.min()) + offset[0], int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1)
     return Crack(
         length_px=round(float(length), 2),
         max_width_px=round(float(widths.max()), 2),
         mean_width_px=round(min(float(region.sum()) / max(length, 1.0), float(widths.max())), 2),
         area_px=int(region.sum()),
-        bbox=bbox,
+        bbox=_bbox(region, offset),
     )
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -196,11 +196,17 @@ def pooled_images(model: Any, pixel_values: torch.Tensor, parallel: bool = False
         with torch.no_grad():
             return model.clip.vision_model(pixel_values=chunk, interpolate_pos_encoding=True).pooler_output
 
+    return torch.cat(_per_thread(run, pixel_values, parallel))
+
+
+def _per_thread(run: Callable[[torch.Tensor], Any], pixel_values: torch.Tensor, parallel: bool) -> list[Any]:
+    """``run`` on the batch, or (``parallel``, on a CPU with 2+ torch threads) on one chunk per
+    thread, each with single-threaded kernels; the chunks' results in order."""
     workers = min(torch.get_num_threads(), len(pixel_values))
     if not parallel or workers < 2 or pixel_values.device.type != "cpu":
-        return run(pixel_values)
+        return [run(pixel_values)]
     with _single_threaded_kernels():
-        return torch.cat(list(_pool(workers).map(run, pixel_values.tensor_split(workers))))
+        return list(_pool(workers).map(run, pixel_values.tensor_split(workers)))
 
 
 def probabilities_for(loaded: LoadedModel, images: Sequence[Image.Image], prompt: str) -> list[np.ndarray]:
@@ -243,23 +249,14 @@ def encode_images(model: Any, pixel_values: torch.Tensor, parallel: bool = False
     apart than split in two, and the threads never wait on each other per op.
     """
     with _truncated_vision(model):
-        workers = min(torch.get_num_threads(), len(pixel_values))
-        if not parallel or workers < 2 or pixel_values.device.type != "cpu":
-            return _encode(model, pixel_values)
-        with _single_threaded_kernels():
-            parts = list(_pool(workers).map(lambda chunk: _encode(model, chunk), pixel_values.tensor_split(workers)))
-    return torch.cat(parts)
+        return torch.cat(_per_thread(lambda chunk: _encode(model, chunk), pixel_values, parallel))
 
 
 def encode_images_pooled(
     model: Any, pixel_values: torch.Tensor, parallel: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`encode_images` through the whole tower, with its pooled output (B, hidden) too."""
-    workers = min(torch.get_num_threads(), len(pixel_values))
-    if not parallel or workers < 2 or pixel_values.device.type != "cpu":
-        return _encode_pooled(model, pixel_values)
-    with _single_threaded_kernels():
-        parts = list(_pool(workers).map(lambda chunk: _encode_pooled(model, chunk), pixel_values.tensor_split(workers)))
+    parts = _per_thread(lambda chunk: _encode_pooled(model, chunk), pixel_values, parallel)
     return torch.cat([a for a, _ in parts]), torch.cat([p for _, p in parts])
 
 

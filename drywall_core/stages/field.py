@@ -294,6 +294,8 @@ def predict_field(
     outcome = FieldOutcome(version, prompts, result, photos, model_dir=Path(model_dir))
     ctx.reporter.progress("field-predictions-progress", outcome.predicted, max(outcome.predicted, 1), "done")
     if len(result.frame):
+        from drywall_core.field.slices import slice_signals
+
         outcome.published = fp.publish_predictions(ctx.store, version, result)
         meta = {"model_version": version, "run": run, "images": outcome.predicted}
         least = ctx.settings.slices.min_photos
@@ -302,13 +304,10 @@ def predict_field(
             "field predictions",
             lambda where, model, ps: record_field(where, model, ps, result.frame, meta, least),
         )
+        per_slice = slice_signals(result.frame, least)
+        ctx.reporter.table("field-slices", per_slice, f"model signals per site, camera and week ({version})")
     for item in result.skipped:
         ctx.reporter.warn(f"{item['image']}: skipped ({item['reason']})")
-    if len(result.frame):
-        from drywall_core.field.slices import slice_signals
-
-        per_slice = slice_signals(result.frame, ctx.settings.slices.min_photos)
-        ctx.reporter.table("field-slices", per_slice, f"model signals per site, camera and week ({version})")
     link = image_link or (lambda name: str(Path(images_dir) / name))
     ctx.reporter.table(
         "field-most-uncertain", uncertain_rows(ctx, version, result, link), f"most uncertain ({version})"
